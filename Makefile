@@ -1,0 +1,54 @@
+# Everything a user runs. `make demo` and `make test` do all the set-up on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On a GPU machine: `make install JAX_EXTRA=cuda12` (or cuda13) installs the CUDA build of jaxlib.
+JAX_EXTRA ?=
+CONFIG ?= fast
+DATA_DIR ?= $(HOME)/tensorflow_datasets
+MANUAL_DIR ?= $(HOME)/pannuke
+WORKDIR ?= runs/$(CONFIG)
+EPOCHS ?=
+SPLIT ?= test
+ARGS ?=
+
+STAMP := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA))
+
+.PHONY: install test test-all lint demo data train train-heads train-all evaluate predict \
+        bench bench-ops bench-evaluation bench-input bench-model clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(if $(JAX_EXTRA),$(PY) -m pip install --quiet 'jax[$(JAX_EXTRA)]')
+	@touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ''
+
+lint: install
+	$(VENV)/bin/ruff check maskrcnn tests data experiments
+
+bench: bench-ops bench-evaluation bench-input bench-model
+
+bench-ops: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) experiments/bench_ops.py
+
+bench-evaluation: install
+	$(PY) experiments/bench_evaluation.py
+
+bench-input: install
+	$(PY) experiments/bench_input_pipeline.py
+
+bench-model: install
+	$(PY) experiments/bench_model.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

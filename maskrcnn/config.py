@@ -1,0 +1,218 @@
+"""Frozen dataclasses that configure the data, the model and training.
+
+A config is a plain value: presets live in ``experiments/configs/*.py`` (each a ``get_config()``
+function returning a :class:`Config`) and a variant is a few ``dataclasses.replace`` calls on its base.
+:func:`apply_overrides` applies command-line ``key=value`` overrides such as
+``model.rpn_nms_threshold=0.8`` with the field's own type.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import os
+import types
+import typing
+from collections.abc import Iterable
+
+# The five PanNuke nucleus classes, in the channel order of PanNuke's masks.npy (channel 5 is background).
+PANNUKE_CLASSES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how they are turned into fixed-shape batches."""
+
+    builder: str = "pannuke"
+    variant: str = "neoplastic"  # tfds config: "neoplastic" (the paper) or "all_classes"
+    data_dir: str | None = None  # tfds data_dir; None uses tfds' default (~/tensorflow_datasets)
+    train_split: str = "paper_train"
+    val_split: str = "paper_validation"
+    test_split: str = "paper_test"
+    image_size: int = 256  # side of the square image the model sees; PanNuke patches are 256 px
+    max_instances: int = 256  # ground-truth slots per image; more are counted and reported, not hidden
+    mini_mask_size: int | None = 56  # instance masks stored cropped to their box at this size; None: full
+    augment: bool = True  # flips and rotation, training only
+    max_rotation_degrees: float = 10.0  # the seed paper's augmentation: rotation within +-10 degrees
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.variant == "neoplastic":
+            return PANNUKE_CLASSES[:1]
+        if self.variant == "all_classes":
+            return PANNUKE_CLASSES
+        raise ValueError(f"data.variant must be 'neoplastic' or 'all_classes', got {self.variant!r}")
+
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes (the model adds one for background)."""
+        return len(self.class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network and its box/anchor hyper-parameters. Defaults follow Matterport's Mask R-CNN config."""
+
+    backbone: str = "resnet101"  # a key of maskrcnn.model.backbone.BACKBONES
+    backbone_width: int = 64  # channels of the stem; the tiny variant narrows it
+    freeze_backbone_bn: bool = True  # batch norm in inference mode, as Matterport trains it (TRAIN_BN=False)
+    num_classes: int = 1  # foreground classes; must equal data.num_classes
+    pixel_mean: tuple[float, float, float] = (123.7, 116.8, 103.9)  # RGB, Matterport's MEAN_PIXEL
+    fpn_channels: int = 256
+    # One anchor scale per FPN level P2..P6 (Matterport RPN_ANCHOR_SCALES / BACKBONE_STRIDES).
+    anchor_scales: tuple[float, ...] = (32, 64, 128, 256, 512)
+    anchor_strides: tuple[int, ...] = (4, 8, 16, 32, 64)
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_nms_threshold: float = 0.7
+    rpn_train_anchors_per_image: int = 256  # Matterport RPN_TRAIN_ANCHORS_PER_IMAGE
+    pre_nms_limit: int = 6000  # Matterport PRE_NMS_LIMIT
+    post_nms_rois_training: int = 2000
+    post_nms_rois_inference: int = 1000
+    train_rois_per_image: int = 200  # Matterport TRAIN_ROIS_PER_IMAGE
+    roi_positive_ratio: float = 0.33
+    pool_size: int = 7
+    mask_pool_size: int = 14
+    mask_size: int = 28
+    roi_canonical_size: float = 224.0  # FPN paper Eq. 1: a 224x224 ROI maps to level 4
+    box_head_width: int = 1024  # Matterport FPN_CLASSIF_FC_LAYERS_SIZE
+    mask_head_width: int = 256
+    detection_max_instances: int = 100
+    detection_min_confidence: float = 0.7
+    detection_nms_threshold: float = 0.3
+    mask_threshold: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One training stage: which layers train, for how long, and the linear learning-rate decay."""
+
+    name: str
+    layers: str  # "heads", "3+", "4+", "5+" or "all"
+    epochs: int
+    learning_rate: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 4
+    stages: tuple[StageConfig, ...] = (
+        StageConfig("heads", "heads", 20, 1e-3),
+        StageConfig("all", "all", 30, 1e-4),
+    )
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    clip_global_norm: float = 5.0
+    lr_power: float = 1.0  # lr = start * (1 - epoch / final_epoch) ** power (the seed paper's Eq. 1)
+    lr_per_step: bool = False  # False: constant within an epoch, as the paper; True: decays every step
+    steps_per_epoch: int | None = None  # None: one pass over the training split
+    checkpoint_every_steps: int = 500
+    max_consecutive_nonfinite: int = 10
+    mixed_precision: bool = False  # bf16 compute for GPUs; losses stay float32
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        if self.model.num_classes != self.data.num_classes:
+            raise ValueError(
+                f"model.num_classes={self.model.num_classes} but data.variant={self.data.variant!r} has "
+                f"{self.data.num_classes} classes; set both (the presets derive one from the other)"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def config_from_dict(d: dict) -> Config:
+    """Inverse of :meth:`Config.to_dict` (used to reload the config saved beside a checkpoint)."""
+    return _from_dict(Config, d)
+
+
+def _from_dict(cls, d):
+    kwargs = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], d[f.name])
+    return cls(**kwargs)
+
+
+def _coerce(tp, value):
+    """Converts a JSON-ish value to the annotated field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value) if isinstance(value, dict) else value
+    if origin in (types.UnionType, typing.Union):
+        if value is None:
+            return None
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(args[0], value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v) for v in value)
+        return tuple(_coerce(a, v) for a, v in zip(args, value, strict=True))
+    if tp is float and isinstance(value, int | float):
+        return float(value)
+    return value
+
+
+def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
+    """Returns ``config`` with ``section.field=value`` overrides applied.
+
+    Values are parsed as Python literals (``0.8``, ``(8, 16, 32)``, ``None``, ``True``) and fall back to
+    a plain string; ``train.stages`` is not overridable this way (edit or derive a preset instead).
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"override {item!r} must look like section.field=value, e.g. data.image_size=512")
+        section, field = key.strip().split(".", 1)
+        if section not in ("data", "model", "train"):
+            raise ValueError(f"override {item!r}: section must be data, model or train, got {section!r}")
+        sub = getattr(config, section)
+        hints = typing.get_type_hints(type(sub))
+        if field not in hints:
+            raise ValueError(f"override {item!r}: {section} has no field {field!r}; fields: {sorted(hints)}")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        value = _coerce(hints[field], value)
+        sub = dataclasses.replace(sub, **{field: value})
+        if section == "data" and field == "variant":
+            config = dataclasses.replace(
+                config, data=sub, model=dataclasses.replace(config.model, num_classes=sub.num_classes)
+            )
+        else:
+            config = dataclasses.replace(config, **{section: sub})
+    return config
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs")
+
+
+def load_config(name_or_path: str) -> Config:
+    """Loads a preset by name (``paper``, ``fast``, ``tiny``) or from a Python file with ``get_config()``."""
+    path = name_or_path
+    if not path.endswith(".py"):
+        path = os.path.join(CONFIG_DIR, f"{name_or_path}.py")
+    if not os.path.exists(path):
+        known = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and not f.startswith("_"))
+        raise FileNotFoundError(f"no config {name_or_path!r} (looked for {path}); presets: {known}")
+    spec = importlib.util.spec_from_file_location(f"maskrcnn_config_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
