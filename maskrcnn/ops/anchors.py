@@ -1,0 +1,50 @@
+"""Anchors for every FPN level, computed once per image size with numpy (static inside jit)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def feature_size(image_size: int, stride: int) -> int:
+    """Side of a feature map of ``stride`` for an image side (the backbone's 'same' padding rounds up)."""
+    return math.ceil(image_size / stride)
+
+
+def generate_anchors(
+    image_size: tuple[int, int],
+    *,
+    strides: Sequence[int],
+    scales: Sequence[float],
+    ratios: Sequence[float],
+) -> np.ndarray:
+    """All anchors of an FPN pyramid, one scale per level (Matterport's ``generate_pyramid_anchors``).
+
+    Level ``l`` has a feature map of ceil(H / stride_l) x ceil(W / stride_l) cells. Each cell holds one
+    anchor per ratio, centred on the cell centre ((i + 0.5) * stride in image pixels; Matterport puts it at
+    the cell's corner, i * stride, which shifts every anchor by half a stride), with area scale_l ** 2 and
+    width / height = ratio.
+
+    Args:
+      image_size: (H, W) of the image the model sees.
+      strides, scales: one per level, P2 first. ratios: width / height of the anchors at every cell.
+
+    Returns:
+      float32 (A, 4) yxyx pixels, ordered level, then row, then column, then ratio: the order in which
+      the RPN head flattens its (B, H, W, ratios * k) outputs.
+    """
+    if len(strides) != len(scales):
+        raise ValueError(f"need one anchor scale per stride, got strides={strides} and scales={scales}")
+    ratios = np.asarray(ratios, np.float64)
+    levels = []
+    for stride, scale in zip(strides, scales, strict=True):
+        heights = scale / np.sqrt(ratios)
+        widths = scale * np.sqrt(ratios)
+        cy = (np.arange(feature_size(image_size[0], stride)) + 0.5) * stride
+        cx = (np.arange(feature_size(image_size[1], stride)) + 0.5) * stride
+        cy, cx, r = (a.ravel() for a in np.meshgrid(cy, cx, np.arange(len(ratios)), indexing="ij"))
+        h, w = heights[r], widths[r]
+        levels.append(np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1))
+    return np.concatenate(levels).astype(np.float32)
