@@ -57,9 +57,12 @@ class ModelConfig:
 
     backbone: str = "resnet101"  # a key of maskrcnn.model.backbone.BACKBONES
     backbone_width: int = 64  # channels of the stem; the tiny variant narrows it
-    freeze_backbone_bn: bool = True  # batch norm in inference mode, as Matterport trains it (TRAIN_BN=False)
+    # Batch norm in inference mode everywhere (gamma and beta still train), as Matterport's TRAIN_BN=False
+    # that the seed paper used: batches of a few images give poor batch statistics.
+    train_bn: bool = False
     num_classes: int = 1  # foreground classes; must equal data.num_classes
     pixel_mean: tuple[float, float, float] = (123.7, 116.8, 103.9)  # RGB, Matterport's MEAN_PIXEL
+    bgr: bool = False  # feed BGR to the backbone (keras.applications' caffe-style ImageNet weights want it)
     fpn_channels: int = 256
     # One anchor scale per FPN level P2..P6 (Matterport RPN_ANCHOR_SCALES / BACKBONE_STRIDES).
     anchor_scales: tuple[float, ...] = (32, 64, 128, 256, 512)
@@ -72,6 +75,7 @@ class ModelConfig:
     post_nms_rois_inference: int = 1000
     train_rois_per_image: int = 200  # Matterport TRAIN_ROIS_PER_IMAGE
     roi_positive_ratio: float = 0.33
+    add_gt_as_proposals: bool = False  # Detectron's default; Matterport does not
     pool_size: int = 7
     mask_pool_size: int = 14
     mask_size: int = 28
