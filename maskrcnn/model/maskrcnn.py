@@ -1,0 +1,229 @@
+"""The Mask R-CNN model (He et al. 2017): backbone -> FPN -> RPN -> proposals -> ROI heads -> outputs."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from maskrcnn import losses, postprocess, targets
+from maskrcnn.config import ModelConfig
+from maskrcnn.model.backbone import build_resnet
+from maskrcnn.model.fpn import FPN
+from maskrcnn.model.heads import BoxHead, MaskHead, RPNHead
+from maskrcnn.ops import generate_anchors, multilevel_roi_align
+
+ROI_STRIDES = (4, 8, 16, 32)  # the ROI heads pool from P2-P5 (P6 only feeds the RPN), as in the FPN paper
+LOSS_NAMES = ("rpn_class", "rpn_box", "class", "box", "mask")
+
+
+class MaskRCNN(keras.Model):
+    """Mask R-CNN with a ResNet-FPN backbone.
+
+    Call ``model(images)`` for detections, or ``model(images, targets, key=key, training=True)`` for the
+    five training losses. ``images`` are uint8 or float (B, S, S, 3) RGB in 0..255, S a multiple of 64.
+    ``targets`` is a batch of the input pipeline (``boxes``, ``classes``, ``masks``, ``valid``).
+
+    Parts are constructor arguments built from ``config`` when not given, so a researcher can swap one
+    (e.g. ``MaskRCNN(config, mask_head=MyMaskHead(...))``) without touching the rest.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        mini_masks: bool = True,
+        backbone: keras.Model | None = None,
+        fpn: keras.layers.Layer | None = None,
+        rpn_head: keras.layers.Layer | None = None,
+        box_head: keras.layers.Layer | None = None,
+        mask_head: keras.layers.Layer | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.config = config
+        self.mini_masks = mini_masks
+        self.backbone = backbone or build_resnet(config.backbone, width=config.backbone_width)
+        self.fpn = fpn or FPN(config.fpn_channels, name="fpn")
+        self.rpn_head = rpn_head or RPNHead(len(config.anchor_ratios), name="rpn")
+        self.box_head = box_head or BoxHead(
+            config.num_classes, config.pool_size, config.box_head_width, train_bn=config.train_bn, name="box_head"
+        )
+        self.mask_head = mask_head or MaskHead(
+            config.num_classes, config.mask_head_width, train_bn=config.train_bn, name="mask_head"
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    def call(self, images, targets=None, key=None, training=False):
+        size = self._image_size(images)
+        pyramid = self.features(images, training=training)
+        rpn_logits, rpn_deltas = self.rpn_head(pyramid)
+        proposals, proposal_valid = self.proposals(rpn_logits, rpn_deltas, size, training=training)
+        if targets is None:
+            return self.detect(pyramid[:4], proposals, proposal_valid, size)
+        return self.losses(pyramid[:4], rpn_logits, rpn_deltas, proposals, proposal_valid, targets, key, size)
+
+    # ----------------------------------------------------------------------------------------------
+    def features(self, images, training=False):
+        """Normalised images -> [P2, P3, P4, P5, P6]."""
+        x = images.astype("float32") - jnp.asarray(self.config.pixel_mean, jnp.float32)
+        if self.config.bgr:
+            x = x[..., ::-1]
+        c2_c5 = self.backbone(x.astype(self.compute_dtype), training=training and self.config.train_bn)
+        return self.fpn(c2_c5)
+
+    def proposals(self, rpn_logits, rpn_deltas, size, training=False):
+        cfg = self.config
+        propose = functools.partial(
+            postprocess.propose,
+            anchors=self.anchors(size),
+            image_size=size,
+            pre_nms_limit=cfg.pre_nms_limit,
+            num_proposals=cfg.post_nms_rois_training if training else cfg.post_nms_rois_inference,
+            nms_threshold=cfg.rpn_nms_threshold,
+        )
+        # Proposals are inputs to the second stage, not a path for gradients (as in Matterport).
+        boxes, _, valid = jax.vmap(propose)(jax.lax.stop_gradient(rpn_logits), jax.lax.stop_gradient(rpn_deltas))
+        return boxes, valid
+
+    def roi_features(self, pyramid, boxes, output_size):
+        return multilevel_roi_align(
+            pyramid,
+            boxes,
+            output_size,
+            strides=ROI_STRIDES,
+            canonical_size=self.config.roi_canonical_size,
+            sampling_ratio=2,
+        )
+
+    def detect(self, pyramid, proposals, proposal_valid, size):
+        """Second stage at inference: classify and refine proposals, then predict the detections' masks."""
+        cfg = self.config
+        class_logits, box_deltas = self.box_head(self.roi_features(pyramid, proposals, cfg.pool_size))
+        detect = functools.partial(
+            postprocess.detect,
+            image_size=size,
+            min_confidence=cfg.detection_min_confidence,
+            nms_threshold=cfg.detection_nms_threshold,
+            max_detections=cfg.detection_max_instances,
+        )
+        detections = jax.vmap(detect)(class_logits, box_deltas, proposals, proposal_valid)
+        mask_logits = self.mask_head(self.roi_features(pyramid, detections["boxes"], cfg.mask_pool_size))
+        channel = jnp.maximum(detections["classes"] - 1, 0)[..., None, None, None]
+        masks = jnp.take_along_axis(mask_logits.astype("float32"), channel, axis=-1)[..., 0]
+        return {**detections, "masks": jax.nn.sigmoid(masks)}
+
+    def losses(self, pyramid, rpn_logits, rpn_deltas, proposals, proposal_valid, batch, key, size):
+        """Second stage in training: sample ROIs against the ground truth and return the five losses."""
+        cfg = self.config
+        batch_size = rpn_logits.shape[0]
+        key_rpn, key_roi = jax.random.split(key)
+        rpn_labels, rpn_target_deltas = jax.vmap(
+            functools.partial(
+                targets.rpn_targets,
+                self.anchors(size),
+                num_samples=cfg.rpn_train_anchors_per_image,
+            )
+        )(batch["boxes"], batch["valid"], jax.random.split(key_rpn, batch_size))
+        rois = jax.vmap(
+            functools.partial(
+                targets.sample_rois,
+                num_rois=cfg.train_rois_per_image,
+                positive_fraction=cfg.roi_positive_ratio,
+                mask_size=cfg.mask_size,
+                mini_masks=self.mini_masks,
+                add_gt_as_proposals=cfg.add_gt_as_proposals,
+            )
+        )(
+            proposals,
+            proposal_valid,
+            batch["boxes"],
+            batch["classes"],
+            batch["masks"],
+            batch["valid"],
+            jax.random.split(key_roi, batch_size),
+        )
+        class_logits, box_deltas = self.box_head(
+            self.roi_features(pyramid, rois["rois"], cfg.pool_size), training=True
+        )
+        # Positives come first and number at most round(R * ratio): the mask head only needs those slots.
+        num_pos = int(round(cfg.train_rois_per_image * cfg.roi_positive_ratio))
+        mask_logits = self.mask_head(
+            self.roi_features(pyramid, rois["rois"][:, :num_pos], cfg.mask_pool_size), training=True
+        )
+        return {
+            "rpn_class": losses.rpn_class_loss(rpn_logits, rpn_labels),
+            "rpn_box": losses.rpn_box_loss(rpn_deltas, rpn_target_deltas, rpn_labels),
+            "class": losses.class_loss(class_logits, rois["classes"], rois["valid"]),
+            "box": losses.box_loss(box_deltas, rois["deltas"], rois["classes"], rois["positive"]),
+            "mask": losses.mask_loss(
+                mask_logits, rois["masks"][:, :num_pos], rois["classes"][:, :num_pos], rois["positive"][:, :num_pos]
+            ),
+        }
+
+    # ----------------------------------------------------------------------------------------------
+    def anchors(self, size: tuple[int, int]) -> np.ndarray:
+        cfg = self.config
+        return _anchors(size, tuple(cfg.anchor_strides), tuple(cfg.anchor_scales), tuple(cfg.anchor_ratios))
+
+    @staticmethod
+    def _image_size(images) -> tuple[int, int]:
+        height, width = int(images.shape[1]), int(images.shape[2])
+        if height % 64 or width % 64:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of 64 (the FPN's coarsest stride); "
+                "resize or pad the images (data.image_size)"
+            )
+        return height, width
+
+    def build(self, input_shape):
+        """Creates every variable by tracing the parts on symbolic inputs of ``input_shape``."""
+        height, width = input_shape[1], input_shape[2]
+        images = keras.KerasTensor((None, height, width, 3))
+        self.backbone.build(images.shape)
+        pyramid = self.fpn(self.backbone(images))
+        self.rpn_head(pyramid)
+        channels = self.config.fpn_channels
+        pool, mask_pool = self.config.pool_size, self.config.mask_pool_size
+        self.box_head(keras.KerasTensor((None, 1, pool, pool, channels)))
+        self.mask_head(keras.KerasTensor((None, 1, mask_pool, mask_pool, channels)))
+        self.built = True
+
+    def get_config(self):
+        import dataclasses
+
+        return {**super().get_config(), "config": dataclasses.asdict(self.config), "mini_masks": self.mini_masks}
+
+
+@functools.lru_cache(maxsize=8)
+def _anchors(size, strides, scales, ratios) -> np.ndarray:
+    return generate_anchors(size, strides=strides, scales=scales, ratios=ratios)
+
+
+def build_model(config: ModelConfig, image_size: int, *, mini_masks: bool = True, **parts) -> MaskRCNN:
+    """Builds a :class:`MaskRCNN` with all variables created for ``image_size`` square inputs."""
+    model = MaskRCNN(config, mini_masks=mini_masks, **parts)
+    model.build((None, image_size, image_size, 3))
+    return model
+
+
+def detections_to_label_maps(detections, output_size, scale=1.0, threshold=0.5):
+    """Pastes a batch of detections' masks at full size and resolves overlaps by score.
+
+    Args:
+      detections: dict from ``model(images)``: ``boxes`` (B, D, 4), ``scores`` (B, D), ``masks``
+        (B, D, m, m), ``valid`` (B, D).
+      output_size: (H, W) of the original images; scale: model pixels per original pixel.
+
+    Returns:
+      int32 (B, H, W) instance label maps; instance ``d + 1`` is detection ``d``.
+    """
+
+    def one(boxes, scores, masks, valid):
+        full = postprocess.paste_masks(masks, boxes, output_size, scale)
+        return postprocess.instance_label_map(full, scores, valid, threshold)
+
+    return jax.vmap(one)(detections["boxes"], detections["scores"], detections["masks"], detections["valid"])

@@ -1,0 +1,150 @@
+"""From raw head outputs to proposals, detections and instance label maps (pure, jittable, per image).
+
+Boxes are (y1, x1, y2, x2) absolute pixels of the image the model sees, on pixel edges. Batch these
+functions with ``jax.vmap``. Padded outputs are zeros with ``valid`` False.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from maskrcnn.ops import BOX_STD, clip_boxes, decode_boxes, nms
+
+
+def propose(
+    logits,
+    deltas,
+    anchors,
+    *,
+    image_size: tuple[int, int],
+    pre_nms_limit: int,
+    num_proposals: int,
+    nms_threshold: float,
+    std=BOX_STD,
+):
+    """Region proposals of one image (Matterport's ``ProposalLayer``).
+
+    Takes the ``pre_nms_limit`` highest-scoring anchors, applies their deltas, clips to the image and
+    keeps ``num_proposals`` boxes by NMS at ``nms_threshold``.
+
+    Args:
+      logits: (A, 2) RPN logits (background, object); deltas: (A, 4); anchors: float32 (A, 4).
+
+    Returns:
+      boxes float32 (num_proposals, 4), scores float32 (num_proposals,) object probability, valid bool.
+    """
+    anchors = jnp.asarray(anchors, jnp.float32)
+    scores = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
+    k = min(pre_nms_limit, scores.shape[0])
+    top_scores, top = jax.lax.top_k(scores, k)
+    boxes = decode_boxes(deltas[top].astype(jnp.float32), anchors[top], std=std)
+    boxes = clip_boxes(boxes, *image_size)
+    keep, num_valid = nms(boxes, top_scores, iou_threshold=nms_threshold, max_output_size=num_proposals)
+    valid = jnp.arange(num_proposals) < num_valid
+    safe = jnp.maximum(keep, 0)
+    return (
+        jnp.where(valid[:, None], boxes[safe], 0.0),
+        jnp.where(valid, top_scores[safe], 0.0),
+        valid,
+    )
+
+
+def detect(
+    class_logits,
+    box_deltas,
+    rois,
+    roi_valid,
+    *,
+    image_size: tuple[int, int],
+    min_confidence: float,
+    nms_threshold: float,
+    max_detections: int,
+    std=BOX_STD,
+):
+    """Final detections of one image (Matterport's ``refine_detections_graph``).
+
+    Each ROI takes its most probable class; background ROIs and those below ``min_confidence`` are dropped;
+    the class's box deltas refine the ROI; per-class NMS; the ``max_detections`` best are kept in
+    descending score order.
+
+    Args:
+      class_logits: (R, K+1); box_deltas: (R, K+1, 4); rois: float32 (R, 4); roi_valid: bool (R,).
+
+    Returns:
+      dict: ``boxes`` float32 (D, 4), ``scores`` float32 (D,), ``classes`` int32 (D,) in 1..K,
+      ``valid`` bool (D,), D = ``max_detections``.
+    """
+    probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)
+    classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+    scores = jnp.take_along_axis(probs, classes[:, None], axis=-1)[:, 0]
+    deltas = jnp.take_along_axis(box_deltas.astype(jnp.float32), classes[:, None, None], axis=1)[:, 0]
+    boxes = clip_boxes(decode_boxes(deltas, rois, std=std), *image_size)
+    keep = roi_valid & (classes > 0) & (scores >= min_confidence)
+    # Per-class NMS in one call: shifting each class's boxes by a multiple of the image size puts boxes of
+    # different classes far apart, so they never suppress each other.
+    offset = (classes.astype(jnp.float32) * (max(image_size) + 1.0))[:, None]
+    idx, num_valid = nms(
+        boxes + offset,
+        jnp.where(keep, scores, -jnp.inf),
+        iou_threshold=nms_threshold,
+        max_output_size=max_detections,
+    )
+    valid = jnp.arange(max_detections) < num_valid
+    safe = jnp.maximum(idx, 0)
+    return {
+        "boxes": jnp.where(valid[:, None], boxes[safe], 0.0),
+        "scores": jnp.where(valid, scores[safe], 0.0),
+        "classes": jnp.where(valid, classes[safe], 0),
+        "valid": valid,
+    }
+
+
+def _paste_weights(lo, hi, mask_len: int, out_len: int, scale):
+    """Bilinear weights (D, out_len, mask_len) that map a mask resized over [lo, hi) to output pixels.
+
+    Output pixel p has its centre at (p + 0.5) / scale in model pixels, which sits at mask coordinate
+    ((p + 0.5) / scale - lo) * mask_len / (hi - lo) - 0.5 (mask cell centres at i + 0.5). Outside the box
+    the weights are zero.
+    """
+    centre = (jnp.arange(out_len, dtype=jnp.float32) + 0.5) / scale  # (out,)
+    size = jnp.maximum(hi - lo, 1e-6)[:, None]
+    u = (centre[None, :] - lo[:, None]) * mask_len / size - 0.5  # (D, out)
+    inside = (centre[None, :] >= lo[:, None]) & (centre[None, :] < hi[:, None])
+    u = jnp.clip(u, 0.0, mask_len - 1.0)
+    cells = jnp.arange(mask_len, dtype=jnp.float32)
+    w = jnp.maximum(0.0, 1.0 - jnp.abs(u[..., None] - cells))  # (D, out, mask_len)
+    return w * inside[..., None]
+
+
+def paste_masks(masks, boxes, output_size: tuple[int, int], scale: float = 1.0):
+    """Pastes box-relative masks into a full-size image by bilinear interpolation.
+
+    Args:
+      masks: float (D, m, m) probabilities, each covering its box.
+      boxes: float32 (D, 4) yxyx in model pixels.
+      output_size: (H, W) of the output, in original-image pixels.
+      scale: model pixels per original pixel (the input pipeline's resize factor).
+
+    Returns:
+      float32 (D, H, W): each mask's value at every output pixel centre, 0 outside its box.
+    """
+    m_h, m_w = masks.shape[1:]
+    wy = _paste_weights(boxes[:, 0], boxes[:, 2], m_h, output_size[0], scale)
+    wx = _paste_weights(boxes[:, 1], boxes[:, 3], m_w, output_size[1], scale)
+    return jnp.einsum("dyi,dij,dxj->dyx", wy, masks.astype(jnp.float32), wx)
+
+
+def instance_label_map(masks, scores, valid, threshold: float = 0.5):
+    """Turns full-size instance masks into an instance label map; overlaps go to the higher score.
+
+    Args:
+      masks: float (D, H, W) probabilities; scores: float (D,); valid: bool (D,).
+
+    Returns:
+      int32 (H, W): 0 background, detection ``d`` (in input order) is labelled ``d + 1``.
+    """
+    on = (masks >= threshold) & valid[:, None, None]
+    rank_score = jnp.where(on, scores[:, None, None], -jnp.inf)
+    best = jnp.argmax(rank_score, axis=0)
+    return jnp.where(jnp.any(on, axis=0), best + 1, 0).astype(jnp.int32)

@@ -1,0 +1,191 @@
+"""Training targets for the RPN and the ROI heads, as pure per-image functions with static shapes.
+
+Both functions take one image's arrays and an explicit ``jax.random`` key; batch them with ``jax.vmap``.
+Boxes are (y1, x1, y2, x2) absolute pixels on pixel edges. Padded ground-truth slots are marked by
+``gt_valid`` and never match anything.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from maskrcnn.ops import BOX_STD, encode_boxes, pairwise_iou, roi_align
+
+
+def random_subset(candidates, max_count: int, key, limit=None):
+    """Marks a uniformly random subset of the True entries of ``candidates``.
+
+    Args:
+      candidates: bool (N,).
+      max_count: static upper bound on the subset size.
+      key: a ``jax.random`` key.
+      limit: optional int32 scalar (traced) further capping the subset size.
+
+    Returns:
+      bool (N,): ``min(sum(candidates), max_count, limit)`` entries, all of them candidates.
+    """
+    n = candidates.shape[0]
+    k = min(max_count, n)
+    if k == 0:
+        return jnp.zeros_like(candidates)
+    priority = jnp.where(candidates, jax.random.uniform(key, (n,)), -1.0)
+    top, idx = jax.lax.top_k(priority, k)
+    keep = top >= 0
+    if limit is not None:
+        keep &= jnp.arange(k) < limit
+    return jnp.zeros((n,), bool).at[idx].set(keep)
+
+
+def rpn_targets(
+    anchors,
+    gt_boxes,
+    gt_valid,
+    key,
+    *,
+    num_samples: int = 256,
+    positive_fraction: float = 0.5,
+    positive_iou: float = 0.7,
+    negative_iou: float = 0.3,
+    std=BOX_STD,
+):
+    """Labels and box targets of one image's anchors (Ren et al. 2015, Sec. 3.1.2; Matterport's
+    ``build_rpn_targets``).
+
+    An anchor is positive at IoU >= ``positive_iou`` with some ground truth box, or when it is (one of) the
+    best anchor(s) of a ground truth box; negative when its best IoU is below ``negative_iou`` and it is
+    not positive. At most ``num_samples * positive_fraction`` positives are kept at random, and negatives
+    fill the sample up to ``num_samples``; the rest are ignored.
+
+    Args:
+      anchors: float32 (A, 4) yxyx pixels.
+      gt_boxes: float32 (M, 4) yxyx pixels; gt_valid: bool (M,).
+      key: ``jax.random`` key.
+
+    Returns:
+      labels int32 (A,): 1 positive, -1 negative, 0 ignored; deltas float32 (A, 4): the encoded box of
+      each anchor's best ground truth (meaningful where labels == 1, zero elsewhere).
+    """
+    iou = jnp.where(gt_valid[None, :], pairwise_iou(anchors, gt_boxes), -1.0)  # (A, M)
+    best_iou = iou.max(axis=1) if iou.shape[1] else jnp.full(anchors.shape[:1], -1.0)
+    best_gt = iou.argmax(axis=1) if iou.shape[1] else jnp.zeros(anchors.shape[:1], jnp.int32)
+    # Every ground-truth box gets its best anchor(s), even below the threshold (ties all count).
+    best_per_gt = iou.max(axis=0, keepdims=True)
+    is_best = jnp.any((iou == best_per_gt) & gt_valid[None, :] & (best_per_gt > 0), axis=1)
+    positive = (best_iou >= positive_iou) | is_best
+    negative = (best_iou < negative_iou) & ~positive
+
+    key_pos, key_neg = jax.random.split(key)
+    max_pos = int(num_samples * positive_fraction)
+    positive = random_subset(positive, max_pos, key_pos)
+    negative = random_subset(negative, num_samples, key_neg, limit=num_samples - positive.sum())
+    labels = jnp.where(positive, 1, jnp.where(negative, -1, 0)).astype(jnp.int32)
+    matched = gt_boxes[best_gt] if gt_boxes.shape[0] else jnp.zeros_like(anchors)
+    deltas = jnp.where(positive[:, None], encode_boxes(matched, anchors, std=std), 0.0)
+    return labels, deltas.astype(jnp.float32)
+
+
+def sample_rois(
+    proposals,
+    proposal_valid,
+    gt_boxes,
+    gt_classes,
+    gt_masks,
+    gt_valid,
+    key,
+    *,
+    num_rois: int,
+    positive_fraction: float = 0.33,
+    positive_iou: float = 0.5,
+    mask_size: int = 28,
+    mini_masks: bool = True,
+    add_gt_as_proposals: bool = False,
+    std=BOX_STD,
+):
+    """Samples one image's training ROIs and builds their class, box and mask targets.
+
+    A candidate is positive at IoU >= ``positive_iou`` with a ground truth box, negative below it
+    (Matterport's ``detection_targets_graph``). Up to ``round(num_rois * positive_fraction)`` positives are
+    drawn at random; negatives fill the remaining slots (torchvision's balanced sampler: an image with few
+    nuclei still trains the classifier on background). Slots left over are padding (``valid`` False).
+
+    Args:
+      proposals: float32 (P, 4) yxyx pixels; proposal_valid: bool (P,).
+      gt_boxes: float32 (M, 4); gt_classes: int32 (M,) in 1..K; gt_valid: bool (M,).
+      gt_masks: (M, m, m) 0/1 masks; with ``mini_masks`` each is the instance cropped to its box and
+        resized (pixel (i, j) covers the box's (i, j)-th cell of an m x m grid); otherwise the full image
+        (M, H, W).
+      key: ``jax.random`` key.
+      add_gt_as_proposals: also offer the ground-truth boxes as candidates (Detectron's default); helps
+        the heads train while the RPN is still poor.
+
+    Returns:
+      dict with ``rois`` float32 (R, 4), ``classes`` int32 (R,) (0 = background), ``deltas`` float32
+      (R, 4) encoded with ``std`` (zero for negatives), ``masks`` float32 (R, mask_size, mask_size) 0/1
+      (zero for negatives), ``positive`` bool (R,), ``valid`` bool (R,); R = ``num_rois``, positives first.
+    """
+    candidates, cand_valid = proposals, proposal_valid
+    if add_gt_as_proposals:
+        candidates = jnp.concatenate([proposals, gt_boxes], axis=0)
+        cand_valid = jnp.concatenate([proposal_valid, gt_valid], axis=0)
+    if candidates.shape[0] < num_rois:
+        raise ValueError(f"{candidates.shape[0]} ROI candidates cannot fill {num_rois} training ROIs")
+
+    iou = jnp.where(gt_valid[None, :], pairwise_iou(candidates, gt_boxes), -1.0)  # (P', M)
+    best_iou, best_gt = iou.max(axis=1), iou.argmax(axis=1)
+    positive = cand_valid & (best_iou >= positive_iou)
+    negative = cand_valid & (best_iou < positive_iou)
+    key_pos, key_neg = jax.random.split(key)
+    positive = random_subset(positive, int(round(num_rois * positive_fraction)), key_pos)
+    negative = random_subset(negative, num_rois, key_neg, limit=num_rois - positive.sum())
+
+    # Gather the chosen candidates into num_rois slots, positives first (top_k keeps index order on ties).
+    rank, idx = jax.lax.top_k(2 * positive.astype(jnp.int32) + negative.astype(jnp.int32), num_rois)
+    valid, is_pos = rank > 0, rank == 2
+    rois = jnp.where(valid[:, None], candidates[idx], 0.0)
+    matched = best_gt[idx]
+    classes = jnp.where(is_pos, gt_classes[matched], 0).astype(jnp.int32)
+    deltas = jnp.where(is_pos[:, None], encode_boxes(gt_boxes[matched], rois, std=std), 0.0)
+    masks = crop_mask_targets(gt_masks[matched], gt_boxes[matched], rois, mask_size, mini_masks=mini_masks)
+    masks = jnp.where(is_pos[:, None, None], masks, 0.0)
+    return {
+        "rois": rois,
+        "classes": classes,
+        "deltas": deltas.astype(jnp.float32),
+        "masks": masks,
+        "positive": is_pos,
+        "valid": valid,
+    }
+
+
+def crop_mask_targets(masks, mask_boxes, rois, mask_size: int, *, mini_masks: bool = True):
+    """Crops each ROI out of its matched ground-truth mask and resizes it to ``mask_size`` squared.
+
+    Bilinear samples at the centres of a ``mask_size`` grid over the ROI (ROIAlign with one sample per
+    bin), then a 0.5 threshold, as Matterport's ``tf.image.crop_and_resize`` + round.
+
+    Args:
+      masks: (R, m, m) mini-masks (with ``mini_masks``: the instance inside ``mask_boxes``) or full-image
+        masks (R, H, W).
+      mask_boxes: float32 (R, 4) the boxes the mini-masks were cut from (unused for full masks).
+      rois: float32 (R, 4) yxyx pixels.
+
+    Returns:
+      float32 (R, mask_size, mask_size) of 0/1.
+    """
+    masks = masks.astype(jnp.float32)
+    if mini_masks:
+        m_h, m_w = masks.shape[1:]
+        y1, x1, y2, x2 = jnp.split(mask_boxes, 4, axis=-1)
+        scale = jnp.concatenate(
+            [m_h / jnp.maximum(y2 - y1, 1e-6), m_w / jnp.maximum(x2 - x1, 1e-6)] * 2, axis=-1
+        )
+        frame_rois = (rois - jnp.concatenate([y1, x1, y1, x1], axis=-1)) * scale
+    else:
+        frame_rois = rois
+
+    def one(mask, box):
+        crop = roi_align(mask[None, :, :, None], box[None, None], mask_size, spatial_scale=1.0, sampling_ratio=1)
+        return crop[0, 0, :, :, 0]
+
+    return (jax.vmap(one)(masks, frame_rois) >= 0.5).astype(jnp.float32)
