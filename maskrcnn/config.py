@@ -182,7 +182,9 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
-            raise ValueError(f"override {item!r} must look like section.field=value, e.g. data.image_size=512")
+            raise ValueError(
+                f"override {item!r} must look like section.field=value, e.g. data.image_size=512"
+            )
         section, field = key.strip().split(".", 1)
         if section not in ("data", "model", "train"):
             raise ValueError(f"override {item!r}: section must be data, model or train, got {section!r}")
@@ -205,7 +207,9 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     return config
 
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs")
+CONFIG_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs"
+)
 
 
 def load_config(name_or_path: str) -> Config:

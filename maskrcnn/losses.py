@@ -56,7 +56,9 @@ def box_loss(deltas, target_deltas, target_classes, positive):
 
     deltas: (B, R, K+1, 4); target_deltas: (B, R, 4); target_classes: int32 (B, R); positive: bool (B, R).
     """
-    picked = jnp.take_along_axis(deltas.astype(jnp.float32), target_classes[..., None, None], axis=2)[..., 0, :]
+    picked = jnp.take_along_axis(deltas.astype(jnp.float32), target_classes[..., None, None], axis=2)[
+        ..., 0, :
+    ]
     per_coord = smooth_l1(picked - target_deltas)
     return _masked_mean(per_coord, jnp.broadcast_to(positive[..., None], per_coord.shape))
 

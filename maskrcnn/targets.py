@@ -185,7 +185,9 @@ def crop_mask_targets(masks, mask_boxes, rois, mask_size: int, *, mini_masks: bo
         frame_rois = rois
 
     def one(mask, box):
-        crop = roi_align(mask[None, :, :, None], box[None, None], mask_size, spatial_scale=1.0, sampling_ratio=1)
+        crop = roi_align(
+            mask[None, :, :, None], box[None, None], mask_size, spatial_scale=1.0, sampling_ratio=1
+        )
         return crop[0, 0, :, :, 0]
 
     return (jax.vmap(one)(masks, frame_rois) >= 0.5).astype(jnp.float32)

@@ -1,6 +1,6 @@
 """A CPU-sized Mask R-CNN for tests and the demo: a one-block-per-stage ResNet, narrow heads, 128 px.
 
-    make train CONFIG=tiny
+make train CONFIG=tiny
 """
 
 import dataclasses

@@ -109,12 +109,15 @@ def load_keras_applications_weights(backbone: keras.Model, source: keras.Model) 
         try:
             src = source.get_layer(layer.name)
         except ValueError as err:
-            raise ValueError(f"layer {layer.name!r} of {backbone.name} has no counterpart in {source.name}") from err
+            raise ValueError(
+                f"layer {layer.name!r} of {backbone.name} has no counterpart in {source.name}"
+            ) from err
         src_weights = src.get_weights()
         for w, s in zip(layer.weights, src_weights, strict=True):
             if tuple(w.shape) != tuple(s.shape):
                 raise ValueError(
-                    f"{layer.name}/{w.name}: shape {tuple(s.shape)} in {source.name}, expected {tuple(w.shape)}"
+                    f"{layer.name}/{w.name}: shape {tuple(s.shape)} in {source.name}, "
+                    f"expected {tuple(w.shape)}"
                 )
         layer.set_weights(src_weights)
         copied += 1

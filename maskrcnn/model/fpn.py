@@ -19,7 +19,9 @@ class FPN(keras.layers.Layer):
         super().__init__(**kwargs)
         self.channels = channels
         self.lateral = [layers.Conv2D(channels, 1, name=f"fpn_c{i}p{i}") for i in (2, 3, 4, 5)]
-        self.output_convs = [layers.Conv2D(channels, 3, padding="same", name=f"fpn_p{i}") for i in (2, 3, 4, 5)]
+        self.output_convs = [
+            layers.Conv2D(channels, 3, padding="same", name=f"fpn_p{i}") for i in (2, 3, 4, 5)
+        ]
         self.upsample = layers.UpSampling2D(2, interpolation="nearest")
         # Matterport's P6: a 1x1 max-pool with stride 2, i.e. every other pixel of P5.
         self.p6 = layers.MaxPooling2D(pool_size=1, strides=2, name="fpn_p6")

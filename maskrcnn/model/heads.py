@@ -38,7 +38,11 @@ class RPNHead(keras.layers.Layer):
         return ops.concatenate(logits, axis=1), ops.concatenate(deltas, axis=1)
 
     def get_config(self):
-        return {**super().get_config(), "anchors_per_location": self.anchors_per_location, "width": self.width}
+        return {
+            **super().get_config(),
+            "anchors_per_location": self.anchors_per_location,
+            "width": self.width,
+        }
 
 
 class BoxHead(keras.layers.Layer):
@@ -49,7 +53,9 @@ class BoxHead(keras.layers.Layer):
     PxP window, acting as a ``width``-wide fully connected layer, as in Matterport.
     """
 
-    def __init__(self, num_classes: int, pool_size: int = 7, width: int = 1024, train_bn: bool = False, **kwargs):
+    def __init__(
+        self, num_classes: int, pool_size: int = 7, width: int = 1024, train_bn: bool = False, **kwargs
+    ):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.pool_size = pool_size
@@ -96,7 +102,9 @@ class MaskHead(keras.layers.Layer):
         self.num_classes = num_classes
         self.width = width
         self.train_bn = train_bn
-        self.convs = [layers.Conv2D(width, 3, padding="same", name=f"mrcnn_mask_conv{i}") for i in range(1, 5)]
+        self.convs = [
+            layers.Conv2D(width, 3, padding="same", name=f"mrcnn_mask_conv{i}") for i in range(1, 5)
+        ]
         self.bns = [layers.BatchNormalization(name=f"mrcnn_mask_bn{i}") for i in range(1, 5)]
         self.deconv = layers.Conv2DTranspose(width, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")
         self.output_conv = layers.Conv2D(num_classes, 1, name="mrcnn_mask")

@@ -50,7 +50,11 @@ class MaskRCNN(keras.Model):
         self.fpn = fpn or FPN(config.fpn_channels, name="fpn")
         self.rpn_head = rpn_head or RPNHead(len(config.anchor_ratios), name="rpn")
         self.box_head = box_head or BoxHead(
-            config.num_classes, config.pool_size, config.box_head_width, train_bn=config.train_bn, name="box_head"
+            config.num_classes,
+            config.pool_size,
+            config.box_head_width,
+            train_bn=config.train_bn,
+            name="box_head",
         )
         self.mask_head = mask_head or MaskHead(
             config.num_classes, config.mask_head_width, train_bn=config.train_bn, name="mask_head"
@@ -86,7 +90,9 @@ class MaskRCNN(keras.Model):
             nms_threshold=cfg.rpn_nms_threshold,
         )
         # Proposals are inputs to the second stage, not a path for gradients (as in Matterport).
-        boxes, _, valid = jax.vmap(propose)(jax.lax.stop_gradient(rpn_logits), jax.lax.stop_gradient(rpn_deltas))
+        boxes, _, valid = jax.vmap(propose)(
+            jax.lax.stop_gradient(rpn_logits), jax.lax.stop_gradient(rpn_deltas)
+        )
         return boxes, valid
 
     def roi_features(self, pyramid, boxes, output_size):
@@ -160,7 +166,10 @@ class MaskRCNN(keras.Model):
             "class": losses.class_loss(class_logits, rois["classes"], rois["valid"]),
             "box": losses.box_loss(box_deltas, rois["deltas"], rois["classes"], rois["positive"]),
             "mask": losses.mask_loss(
-                mask_logits, rois["masks"][:, :num_pos], rois["classes"][:, :num_pos], rois["positive"][:, :num_pos]
+                mask_logits,
+                rois["masks"][:, :num_pos],
+                rois["classes"][:, :num_pos],
+                rois["positive"][:, :num_pos],
             ),
         }
 
@@ -195,7 +204,11 @@ class MaskRCNN(keras.Model):
     def get_config(self):
         import dataclasses
 
-        return {**super().get_config(), "config": dataclasses.asdict(self.config), "mini_masks": self.mini_masks}
+        return {
+            **super().get_config(),
+            "config": dataclasses.asdict(self.config),
+            "mini_masks": self.mini_masks,
+        }
 
 
 @functools.lru_cache(maxsize=8)

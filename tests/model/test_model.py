@@ -39,7 +39,9 @@ def tiny_batch(config, counts=(5, 3), seed=0):
 
 @pytest.mark.parametrize("name,application", [("resnet50", "ResNet50"), ("resnet101", "ResNet101")])
 def test_backbone_matches_keras_applications(name, application):
-    reference = getattr(keras.applications, application)(weights=None, include_top=False, input_shape=(64, 64, 3))
+    reference = getattr(keras.applications, application)(
+        weights=None, include_top=False, input_shape=(64, 64, 3)
+    )
     rng = np.random.default_rng(1)
     # Non-trivial batch-norm statistics, so that a mis-mapped layer cannot go unnoticed.
     for layer in reference.layers:
@@ -71,7 +73,9 @@ def test_stage_shapes(tiny):
     for i, c in enumerate(c2_c5):
         assert c.shape == (2, size // 2 ** (i + 2), size // 2 ** (i + 2), 4 * width * 2**i)
     pyramid = model.features(images)
-    assert [p.shape for p in pyramid] == [(2, size // s, size // s, cfg.fpn_channels) for s in (4, 8, 16, 32, 64)]
+    assert [p.shape for p in pyramid] == [
+        (2, size // s, size // s, cfg.fpn_channels) for s in (4, 8, 16, 32, 64)
+    ]
     logits, deltas = model.rpn_head(pyramid)
     num_anchors = generate_anchors(
         (size, size), strides=cfg.anchor_strides, scales=cfg.anchor_scales, ratios=cfg.anchor_ratios
@@ -160,6 +164,7 @@ def test_image_size_must_be_a_multiple_of_64(tiny):
 def test_tiny_model_fits_a_handful_of_images():
     """A tiny model trained for a few hundred steps on four images segments them with PQ > 0.8."""
     from maskrcnn.evaluation import panoptic_quality
+
     from maskrcnn.train.step import (
         decay_mask,
         init_state,

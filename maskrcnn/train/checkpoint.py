@@ -1,0 +1,87 @@
+"""Atomic checkpoints of a training run: the train state, where the run is, and the config.
+
+A checkpoint is a folder ``<workdir>/checkpoints/<stage>-<step>`` holding ``state.npz`` (every array
+of the state, in the order of ``jax.tree.flatten``) and ``meta.json``. It is written under a temporary
+name and renamed into place in one step, so a crash mid-write never leaves a checkpoint that looks
+complete; :func:`latest` only sees renamed folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+
+_NAME = re.compile(r"^(\d+)-(\d+)$")
+
+
+def save(workdir: str, state, meta: dict, *, keep: int = 3) -> str:
+    """Writes ``state`` (any pytree of arrays) and ``meta`` (JSON-able, must hold ``stage`` and ``step``).
+
+    Keeps the ``keep`` newest checkpoints. Returns the checkpoint's folder.
+    """
+    root = os.path.join(workdir, "checkpoints")
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, f"{int(meta['stage'])}-{int(meta['step']):08d}")
+    leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
+    try:
+        with open(os.path.join(tmp, "state.npz"), "wb") as f:
+            np.savez(f, *leaves)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump({**meta, "num_arrays": len(leaves)}, f, indent=2)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(workdir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(workdir: str) -> list[str]:
+    """Complete checkpoints of ``workdir``, oldest first (by stage, then step)."""
+    root = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        m = _NAME.match(name)
+        if m and os.path.exists(os.path.join(root, name, "meta.json")):
+            found.append(((int(m[1]), int(m[2])), os.path.join(root, name)))
+    return [path for _, path in sorted(found)]
+
+
+def latest(workdir: str) -> str | None:
+    found = list_checkpoints(workdir)
+    return found[-1] if found else None
+
+
+def load(path: str, like):
+    """Reads a checkpoint into a pytree shaped like ``like``. Returns ``(state, meta)``."""
+    with open(os.path.join(path, "meta.json")) as f:
+        meta = json.load(f)
+    leaves, treedef = jax.tree.flatten(like)
+    with np.load(os.path.join(path, "state.npz")) as data:
+        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
+    if len(arrays) != len(leaves):
+        raise ValueError(
+            f"checkpoint {path} holds {len(arrays)} arrays but this model's train state has {len(leaves)}: "
+            "was it written with another config or training stage?"
+        )
+    for i, (a, ref) in enumerate(zip(arrays, leaves, strict=True)):
+        if tuple(a.shape) != tuple(np.shape(ref)):
+            raise ValueError(
+                f"checkpoint {path}: array {i} has shape {a.shape}, this model expects {np.shape(ref)}"
+            )
+    arrays = [np.asarray(a, dtype=np.asarray(ref).dtype) for a, ref in zip(arrays, leaves, strict=True)]
+    return jax.tree.unflatten(treedef, arrays), meta

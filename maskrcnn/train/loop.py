@@ -1,0 +1,262 @@
+"""The training loop: stages, progress bars, logs, validation, checkpoints and resume.
+
+One readable loop around the jitted step of :mod:`maskrcnn.train.step`. Every ``checkpoint_every_steps``
+steps and at every epoch end the whole train state is checkpointed atomically; ``resume=True`` continues
+from the newest checkpoint with the same step, schedule position, optimizer state and data order, so a
+killed run continues as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import jax
+from tqdm.auto import tqdm
+
+from maskrcnn import input_pipeline
+from maskrcnn.config import Config
+from maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model
+from maskrcnn.train import checkpoint
+from maskrcnn.train.step import (
+    decay_mask,
+    init_state,
+    learning_rate_schedule,
+    make_optimizer,
+    make_train_step,
+    trainable_mask,
+    write_state,
+)
+
+WEIGHTS_FILE = "model.weights.h5"
+CONFIG_FILE = "config.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _step_key(seed: int, stage: int, step: int):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stage), step)
+
+
+def _model_batch(batch):
+    keys = ("image", "boxes", "classes", "masks", "valid")
+    return {k: batch[k] for k in keys}
+
+
+class CsvLog:
+    """Appends one row per logged step to ``<workdir>/log.csv`` (and keeps rows of a resumed run)."""
+
+    FIELDS = ("stage", "epoch", "step", "split", "loss", *LOSS_NAMES, "lr", "grad_norm", "skipped", "seconds")
+
+    def __init__(self, path: str):
+        self.path = path
+        new = not os.path.exists(path)
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
+        self.writer = csv.DictWriter(self.file, self.FIELDS, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+
+    def write(self, row: dict):
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def _tensorboard(workdir: str):
+    """A TensorBoard writer through tf.summary (TensorFlow is installed for the data side), or None."""
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover
+        return None
+    return tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+
+def validation_loss(model: MaskRCNN, state, mask, config: Config, *, max_batches: int | None = None) -> dict:
+    """Mean losses over the validation split (no augmentation, a fixed key)."""
+    from maskrcnn.train.step import _merge
+
+    @jax.jit
+    def losses(trained, frozen, non_trainable, batch):
+        parts, _ = model.stateless_call(
+            _merge(trained, frozen, mask),
+            non_trainable,
+            batch["image"],
+            batch,
+            key=jax.random.PRNGKey(0),
+            training=True,
+        )
+        return parts
+
+    sums, count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+    for i, batch in enumerate(input_pipeline.make_eval_iterator(config, config.data.val_split)):
+        if max_batches is not None and i >= max_batches:
+            break
+        parts = losses(state.trained, state.frozen, state.non_trainable, _model_batch(batch))
+        for name in LOSS_NAMES:
+            sums[name] += float(parts[name])
+        count += 1
+    means = {k: v / max(count, 1) for k, v in sums.items()}
+    means["loss"] = sum(means[k] for k in LOSS_NAMES)
+    return means
+
+
+def train(
+    config: Config,
+    workdir: str,
+    *,
+    resume: bool = False,
+    stages: tuple[int, ...] | None = None,
+    model: MaskRCNN | None = None,
+    validate: bool = True,
+    progress: bool = True,
+    log_every: int = 10,
+) -> MaskRCNN:
+    """Trains ``config`` in ``workdir`` and returns the trained model (its weights also in ``workdir``).
+
+    Args:
+      stages: indices into ``config.train.stages`` to run (default: all, in order).
+      resume: continue from the newest checkpoint in ``workdir``.
+      model: start from this model's weights instead of a fresh initialisation.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+    tcfg = config.train
+    if model is None:
+        model = build_model(
+            config.model, config.data.image_size, mini_masks=config.data.mini_mask_size is not None
+        )
+    steps_per_epoch = tcfg.steps_per_epoch or input_pipeline.steps_per_epoch(config)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"the training split {config.data.train_split!r} has fewer images than one batch "
+            f"({tcfg.batch_size}); lower train.batch_size"
+        )
+    log = CsvLog(os.path.join(workdir, "log.csv"))
+    board = _tensorboard(workdir)
+    start_stage, start_step, restored = 0, 0, None
+    if resume:
+        path = checkpoint.latest(workdir)
+        if path is None:
+            print(f"resume: no checkpoint in {workdir}, starting from scratch")
+        else:
+            with open(os.path.join(path, "meta.json")) as f:
+                meta = json.load(f)
+            start_stage, start_step, restored = int(meta["stage"]), int(meta["step"]), path
+            print(f"resume: {path} (stage {start_stage}, step {start_step})")
+
+    try:
+        for s in stages if stages is not None else range(len(tcfg.stages)):
+            if s < start_stage:
+                continue
+            stage = tcfg.stages[s]
+            total_steps = stage.epochs * steps_per_epoch
+            schedule = learning_rate_schedule(
+                stage, steps_per_epoch, power=tcfg.lr_power, per_step=tcfg.lr_per_step
+            )
+            mask = trainable_mask(model, stage.layers)
+            optimizer = make_optimizer(
+                tcfg, schedule, [d for d, m in zip(decay_mask(model), mask, strict=True) if m]
+            )
+            state = init_state(model, optimizer, mask)
+            step = 0
+            if restored is not None and s == start_stage:
+                state, _ = checkpoint.load(restored, state)
+                step = start_step
+                restored = None
+            train_step = make_train_step(model, optimizer, mask, schedule)
+            meta = {"stage": s, "stage_name": stage.name, "steps_per_epoch": steps_per_epoch}
+            skipped_in_row = skipped = 0
+            while step < total_steps:
+                epoch = step // steps_per_epoch
+                batches = input_pipeline.make_train_iterator(
+                    config, epoch=epoch, start_step=step % steps_per_epoch
+                )
+                bar = tqdm(
+                    total=steps_per_epoch,
+                    initial=step % steps_per_epoch,
+                    desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
+                    disable=not progress,
+                    dynamic_ncols=True,
+                )
+                running = {}
+                t0 = time.time()
+                for batch in batches:
+                    state, metrics = train_step(state, _model_batch(batch), _step_key(tcfg.seed, s, step))
+                    step += 1
+                    metrics = jax.device_get(metrics)
+                    if not metrics["finite"]:
+                        skipped += 1
+                        skipped_in_row += 1
+                        if skipped_in_row >= tcfg.max_consecutive_nonfinite:
+                            raise NonFiniteLossError(
+                                f"{skipped_in_row} steps in a row had a non-finite loss or gradient "
+                                f"(stage {stage.name}, step {step}); the weights were left unchanged "
+                                "by them. "
+                                "Lower the learning rate or check the input data."
+                            )
+                    else:
+                        skipped_in_row = 0
+                        for k in ("loss", *LOSS_NAMES):
+                            running[k] = 0.9 * running.get(k, float(metrics[k])) + 0.1 * float(metrics[k])
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
+                    if step % log_every == 0 or step % steps_per_epoch == 0:
+                        row = {k: float(metrics[k]) for k in ("loss", *LOSS_NAMES, "lr", "grad_norm")}
+                        row.update(
+                            stage=s,
+                            epoch=epoch,
+                            step=step,
+                            split="train",
+                            skipped=skipped,
+                            seconds=time.time() - t0,
+                        )
+                        log.write(row)
+                        if board is not None:
+                            with board.as_default(step=s * 10**7 + step):
+                                import tensorflow as tf
+
+                                for k in ("loss", *LOSS_NAMES, "lr", "grad_norm"):
+                                    tf.summary.scalar(f"train/{k}", row[k])
+                    epoch_end = step % steps_per_epoch == 0
+                    if step % tcfg.checkpoint_every_steps == 0 or epoch_end:
+                        checkpoint.save(workdir, state, {**meta, "step": step, "skipped": skipped})
+                    if epoch_end or step >= total_steps:
+                        break
+                bar.close()
+                if validate and step % steps_per_epoch == 0:
+                    val = validation_loss(model, state, mask, config)
+                    log.write({**val, "stage": s, "epoch": epoch, "step": step, "split": "validation"})
+                    print(
+                        f"{stage.name} epoch {epoch + 1}: validation loss {val['loss']:.4f} "
+                        + " ".join(f"{k} {val[k]:.3f}" for k in LOSS_NAMES)
+                    )
+            write_state(model, state, mask)
+            model.save_weights(os.path.join(workdir, WEIGHTS_FILE))
+    finally:
+        log.close()
+        if board is not None:
+            board.close()
+    return model
+
+
+def load_trained(workdir: str) -> tuple[Config, MaskRCNN]:
+    """The config and model saved by :func:`train` in ``workdir``."""
+    from maskrcnn.config import config_from_dict
+
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+        config = config_from_dict(json.load(f))
+    model = build_model(
+        config.model, config.data.image_size, mini_masks=config.data.mini_mask_size is not None
+    )
+    weights = os.path.join(workdir, WEIGHTS_FILE)
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"{weights} not found: train a model into {workdir} first (make train)")
+    model.load_weights(weights)
+    return config, model
