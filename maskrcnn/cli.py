@@ -37,6 +37,11 @@ def _add_config_args(p):
 def cmd_train(args):
     from maskrcnn.train.loop import train
 
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()  # reads the coordinator and process ids from the cluster environment
+
     config = _config_from_args(args)
     names = [s.name for s in config.train.stages]
     if args.stage:
@@ -62,6 +67,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, help="epochs of every stage (overrides the config)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
     p.add_argument("--no-validation", action="store_true", help="skip the per-epoch validation loss")
+    p.add_argument(
+        "--distributed", action="store_true", help="multi-host job: jax.distributed.initialize() first"
+    )
     p.set_defaults(func=cmd_train)
 
     args = parser.parse_args(argv)

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 
 from maskrcnn.ops.boxes import pairwise_iou
 
-# Boxes are visited in tiles of this many: each tile is suppressed by the boxes kept in earlier tiles in
-# one (TILE, N) IoU block, then resolved within itself by a short fixed-point iteration. 256 keeps a GPU
-# busy without wasting much work when few boxes are needed.
-TILE = 256
+# Boxes are visited in tiles of this many: each tile is suppressed by the boxes kept in earlier tiles,
+# then resolved within itself by a short fixed-point iteration. 128 was the fastest of 64-512 on the CPU
+# (experiments/bench_ops.py); a GPU may prefer 256-512 (fewer loop iterations): pass tile_size.
+TILE = 128
 
 
 def nms(boxes, scores, *, iou_threshold: float, max_output_size: int, tile_size: int = TILE):
@@ -22,10 +22,11 @@ def nms(boxes, scores, *, iou_threshold: float, max_output_size: int, tile_size:
     are never suppressed. Works under ``jax.vmap`` for a batch.
 
     Here the sorted boxes are handled ``tile_size`` at a time: a tile's boxes are first suppressed by the
-    boxes kept in earlier tiles (one IoU block), then the tile is resolved within itself by iterating
-    ``keep[j] = candidate[j] and no kept i < j overlaps j`` to its fixed point, which is the greedy answer
-    (the value of box j depends only on boxes before it, so the iteration settles box by box). Tiles
-    stop being visited once ``max_output_size`` boxes are kept or only padding is left.
+    boxes kept in earlier tiles (tile-by-tile IoU blocks against the kept boxes only), then the tile is
+    resolved within itself by iterating ``keep[j] = candidate[j] and no kept i < j overlaps j`` to its
+    fixed point, which is the greedy answer (box j depends only on boxes before it, so the iteration
+    settles box by box). Tiles stop being visited once ``max_output_size`` boxes are kept or only
+    padding is left.
 
     Args:
       boxes: float (N, 4) yxyx. scores: float (N,).
@@ -48,14 +49,27 @@ def nms(boxes, scores, *, iou_threshold: float, max_output_size: int, tile_size:
     candidate = jnp.pad(scores[order] > -jnp.inf, (0, padded - n))
     boxes = jax.lax.stop_gradient(boxes)
 
+    # The boxes kept so far, packed at the front of a buffer with room for one more tile (rounded up to
+    # whole tiles, so that every chunk read by `cross` is in bounds).
+    room = (-(-max_output_size // tile) + 1) * tile
+
     def visit(state):
-        t, keep, count = state
+        t, kept_boxes, kept_pos, count = state
         start = t * tile
         tile_boxes = jax.lax.dynamic_slice_in_dim(boxes, start, tile)
         tile_candidate = jax.lax.dynamic_slice_in_dim(candidate, start, tile)
-        # Suppression by boxes kept in earlier tiles (keep is False from `start` on).
-        overlap = pairwise_iou(tile_boxes, boxes) > iou_threshold  # (tile, padded)
-        alive = tile_candidate & ~jnp.any(overlap & keep[None, :], axis=1)
+
+        # Suppression by the boxes kept in earlier tiles, a tile-sized chunk of them at a time, so the work
+        # grows with the number kept rather than with max_output_size.
+        def cross(c_alive):
+            c, alive = c_alive
+            chunk = jax.lax.dynamic_slice_in_dim(kept_boxes, c * tile, tile)
+            overlap = (pairwise_iou(tile_boxes, chunk) > iou_threshold) & (
+                c * tile + jnp.arange(tile) < count
+            )
+            return c + 1, alive & ~jnp.any(overlap, axis=1)
+
+        _, alive = jax.lax.while_loop(lambda c_alive: c_alive[0] * tile < count, cross, (0, tile_candidate))
         # Greedy within the tile: only earlier boxes of the tile can suppress a later one.
         inner = (pairwise_iou(tile_boxes, tile_boxes) > iou_threshold) & (
             jnp.arange(tile)[:, None] < jnp.arange(tile)[None, :]
@@ -67,18 +81,24 @@ def nms(boxes, scores, *, iou_threshold: float, max_output_size: int, tile_size:
             return new, jnp.any(new != current)
 
         tile_keep, _ = jax.lax.while_loop(lambda s: s[1], settle, (alive, jnp.array(True)))
-        keep = jax.lax.dynamic_update_slice_in_dim(keep, tile_keep, start, axis=0)
-        return t + 1, keep, count + jnp.sum(tile_keep)
+        (local,) = jnp.nonzero(tile_keep, size=tile, fill_value=0)  # kept boxes of the tile, in order
+        kept_boxes = jax.lax.dynamic_update_slice_in_dim(kept_boxes, tile_boxes[local], count, axis=0)
+        kept_pos = jax.lax.dynamic_update_slice_in_dim(
+            kept_pos, start + local.astype(jnp.int32), count, axis=0
+        )
+        return t + 1, kept_boxes, kept_pos, count + jnp.sum(tile_keep, dtype=jnp.int32)
 
     def more(state):
-        t, _, count = state
+        t, _, _, count = state
         return (t < num_tiles) & (count < max_output_size) & candidate[jnp.minimum(t * tile, padded - 1)]
 
-    init = (jnp.zeros((), jnp.int32), jnp.zeros((padded,), bool), jnp.zeros((), jnp.int32))
-    _, keep, count = jax.lax.while_loop(more, visit, init)
-    (kept_positions,) = jnp.nonzero(keep, size=max_output_size, fill_value=padded)
-    num_valid = jnp.minimum(count, max_output_size).astype(jnp.int32)
-    indices = jnp.where(
-        jnp.arange(max_output_size) < num_valid, order[jnp.minimum(kept_positions, n - 1)], -1
+    init = (
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((room, 4), jnp.float32),
+        jnp.zeros((room,), jnp.int32),
+        jnp.zeros((), jnp.int32),
     )
+    _, _, kept_pos, count = jax.lax.while_loop(more, visit, init)
+    num_valid = jnp.minimum(count, max_output_size)
+    indices = jnp.where(jnp.arange(max_output_size) < num_valid, order[kept_pos[:max_output_size]], -1)
     return indices.astype(jnp.int32), num_valid

@@ -14,6 +14,7 @@ import os
 import time
 
 import jax
+import keras
 from tqdm.auto import tqdm
 
 from maskrcnn import input_pipeline
@@ -21,11 +22,15 @@ from maskrcnn.config import Config
 from maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model
 from maskrcnn.train import checkpoint
 from maskrcnn.train.step import (
+    _merge,
+    data_mesh,
     decay_mask,
     init_state,
     learning_rate_schedule,
     make_optimizer,
     make_train_step,
+    replicate,
+    shard_batch,
     trainable_mask,
     write_state,
 )
@@ -68,6 +73,60 @@ class CsvLog:
         self.file.close()
 
 
+class Monitor:
+    """Reads each step's metrics: running means on the progress bar, CSV and TensorBoard rows every
+    ``log_every`` steps, and the count of skipped (non-finite) steps, stopping after too many in a row."""
+
+    SCALARS = ("loss", *LOSS_NAMES, "lr", "grad_norm")
+
+    def __init__(self, log: CsvLog, board, *, log_every: int, max_nonfinite: int):
+        self.log, self.board, self.log_every, self.max_nonfinite = log, board, log_every, max_nonfinite
+        self.skipped = self.in_row = 0
+
+    def start_epoch(self, stage: int, epoch: int, steps_per_epoch: int, bar):
+        self.stage, self.epoch, self.steps_per_epoch, self.bar = stage, epoch, steps_per_epoch, bar
+        self.running, self.t0 = {}, time.time()
+
+    def record(self, step: int, metrics: dict):
+        metrics = jax.device_get(metrics)
+        if metrics["finite"]:
+            self.in_row = 0
+            for k in ("loss", *LOSS_NAMES):
+                self.running[k] = 0.9 * self.running.get(k, float(metrics[k])) + 0.1 * float(metrics[k])
+        else:
+            self.skipped += 1
+            self.in_row += 1
+            if self.in_row >= self.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.in_row} steps in a row had a non-finite loss or gradient "
+                    f"(stage {self.stage}, step {step}); they left the weights unchanged. "
+                    "Lower the learning rate or check the input data."
+                )
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in self.running.items()}, refresh=False)
+        if step % self.log_every and step % self.steps_per_epoch:
+            return
+        row = {k: float(metrics[k]) for k in self.SCALARS}
+        seconds = time.time() - self.t0
+        self.log.write(
+            {
+                **row,
+                "stage": self.stage,
+                "epoch": self.epoch,
+                "step": step,
+                "split": "train",
+                "skipped": self.skipped,
+                "seconds": seconds,
+            }
+        )
+        if self.board is not None:
+            import tensorflow as tf
+
+            with self.board.as_default(step=self.stage * 10**7 + step):
+                for k, v in row.items():
+                    tf.summary.scalar(f"train/{k}", v)
+
+
 def _tensorboard(workdir: str):
     """A TensorBoard writer through tf.summary (TensorFlow is installed for the data side), or None."""
     try:
@@ -77,27 +136,28 @@ def _tensorboard(workdir: str):
     return tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
 
-def validation_loss(model: MaskRCNN, state, mask, config: Config, *, max_batches: int | None = None) -> dict:
-    """Mean losses over the validation split (no augmentation, a fixed key)."""
-    from maskrcnn.train.step import _merge
+def make_loss_fn(model: MaskRCNN, mask: list[bool]):
+    """Jitted ``(state, batch) -> losses`` for validation: no update, a fixed key for ROI sampling."""
 
     @jax.jit
-    def losses(trained, frozen, non_trainable, batch):
+    def losses(state, batch):
+        trainable = _merge(state.trained, state.frozen, mask)
+        key = jax.random.PRNGKey(0)
         parts, _ = model.stateless_call(
-            _merge(trained, frozen, mask),
-            non_trainable,
-            batch["image"],
-            batch,
-            key=jax.random.PRNGKey(0),
-            training=True,
+            trainable, state.non_trainable, batch["image"], batch, key=key, training=True
         )
         return parts
 
+    return losses
+
+
+def validation_loss(loss_fn, state, config: Config, *, max_batches: int | None = None) -> dict:
+    """Mean losses of :func:`make_loss_fn` over the validation split (no augmentation)."""
     sums, count = dict.fromkeys(LOSS_NAMES, 0.0), 0
     for i, batch in enumerate(input_pipeline.make_eval_iterator(config, config.data.val_split)):
         if max_batches is not None and i >= max_batches:
             break
-        parts = losses(state.trained, state.frozen, state.non_trainable, _model_batch(batch))
+        parts = loss_fn(state, _model_batch(batch))
         for name in LOSS_NAMES:
             sums[name] += float(parts[name])
         count += 1
@@ -128,6 +188,10 @@ def train(
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(config.to_json())
     tcfg = config.train
+    if tcfg.mixed_precision:
+        # bf16 activations and matmuls, float32 variables; the losses are computed in float32.
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    mesh = data_mesh()
     if model is None:
         model = build_model(
             config.model, config.data.image_size, mini_masks=config.data.mini_mask_size is not None
@@ -140,6 +204,7 @@ def train(
         )
     log = CsvLog(os.path.join(workdir, "log.csv"))
     board = _tensorboard(workdir)
+    monitor = Monitor(log, board, log_every=log_every, max_nonfinite=tcfg.max_consecutive_nonfinite)
     start_stage, start_step, restored = 0, 0, None
     if resume:
         path = checkpoint.latest(workdir)
@@ -170,9 +235,10 @@ def train(
                 state, _ = checkpoint.load(restored, state)
                 step = start_step
                 restored = None
+            state = replicate(state, mesh)
             train_step = make_train_step(model, optimizer, mask, schedule)
+            val_loss_fn = make_loss_fn(model, mask)
             meta = {"stage": s, "stage_name": stage.name, "steps_per_epoch": steps_per_epoch}
-            skipped_in_row = skipped = 0
             while step < total_steps:
                 epoch = step // steps_per_epoch
                 batches = input_pipeline.make_train_iterator(
@@ -185,53 +251,28 @@ def train(
                     disable=not progress,
                     dynamic_ncols=True,
                 )
-                running = {}
-                t0 = time.time()
+                monitor.start_epoch(s, epoch, steps_per_epoch, bar)
+                pending = None  # metrics are read one step late, so the device never waits for the host
                 for batch in batches:
-                    state, metrics = train_step(state, _model_batch(batch), _step_key(tcfg.seed, s, step))
+                    state, metrics = train_step(
+                        state, shard_batch(_model_batch(batch), mesh), _step_key(tcfg.seed, s, step)
+                    )
                     step += 1
-                    metrics = jax.device_get(metrics)
-                    if not metrics["finite"]:
-                        skipped += 1
-                        skipped_in_row += 1
-                        if skipped_in_row >= tcfg.max_consecutive_nonfinite:
-                            raise NonFiniteLossError(
-                                f"{skipped_in_row} steps in a row had a non-finite loss or gradient "
-                                f"(stage {stage.name}, step {step}); the weights were left unchanged "
-                                "by them. "
-                                "Lower the learning rate or check the input data."
-                            )
-                    else:
-                        skipped_in_row = 0
-                        for k in ("loss", *LOSS_NAMES):
-                            running[k] = 0.9 * running.get(k, float(metrics[k])) + 0.1 * float(metrics[k])
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
-                    if step % log_every == 0 or step % steps_per_epoch == 0:
-                        row = {k: float(metrics[k]) for k in ("loss", *LOSS_NAMES, "lr", "grad_norm")}
-                        row.update(
-                            stage=s,
-                            epoch=epoch,
-                            step=step,
-                            split="train",
-                            skipped=skipped,
-                            seconds=time.time() - t0,
-                        )
-                        log.write(row)
-                        if board is not None:
-                            with board.as_default(step=s * 10**7 + step):
-                                import tensorflow as tf
-
-                                for k in ("loss", *LOSS_NAMES, "lr", "grad_norm"):
-                                    tf.summary.scalar(f"train/{k}", row[k])
+                    if pending is not None:
+                        monitor.record(*pending)
+                    pending = (step, metrics)
                     epoch_end = step % steps_per_epoch == 0
-                    if step % tcfg.checkpoint_every_steps == 0 or epoch_end:
-                        checkpoint.save(workdir, state, {**meta, "step": step, "skipped": skipped})
+                    if step % tcfg.checkpoint_every_steps == 0 or epoch_end or step >= total_steps:
+                        monitor.record(*pending)
+                        pending = None
+                        checkpoint.save(workdir, state, {**meta, "step": step, "skipped": monitor.skipped})
                     if epoch_end or step >= total_steps:
                         break
+                if pending is not None:
+                    monitor.record(*pending)
                 bar.close()
                 if validate and step % steps_per_epoch == 0:
-                    val = validation_loss(model, state, mask, config)
+                    val = validation_loss(val_loss_fn, state, config)
                     log.write({**val, "stage": s, "epoch": epoch, "step": step, "split": "validation"})
                     print(
                         f"{stage.name} epoch {epoch + 1}: validation loss {val['loss']:.4f} "
