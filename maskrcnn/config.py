@@ -25,7 +25,7 @@ PANNUKE_CLASSES = ("neoplastic", "inflammatory", "connective", "dead", "epitheli
 class DataConfig:
     """Where the examples come from and how they are turned into fixed-shape batches."""
 
-    builder: str = "pannuke"
+    builder: str = "pannuke"  # "pannuke" (the tfds dataset) or "synthetic" (generated in memory)
     variant: str = "neoplastic"  # tfds config: "neoplastic" (the paper) or "all_classes"
     data_dir: str | None = None  # tfds data_dir; None uses tfds' default (~/tensorflow_datasets)
     train_split: str = "paper_train"
@@ -34,6 +34,7 @@ class DataConfig:
     image_size: int = 256  # side of the square image the model sees; PanNuke patches are 256 px
     max_instances: int = 256  # ground-truth slots per image; more are counted and reported, not hidden
     mini_mask_size: int | None = 56  # instance masks stored cropped to their box at this size; None: full
+    synthetic_images_per_fold: int = 24  # builder="synthetic": in-memory generated folds of this size
     augment: bool = True  # flips and rotation, training only
     max_rotation_degrees: float = 10.0  # the seed paper's augmentation: rotation within +-10 degrees
 

@@ -1,0 +1,206 @@
+"""PanNuke's file format, fold discovery, instance maps and the split protocols (pure numpy).
+
+PanNuke (Gamper et al. 2019, 2020) comes as three folds, each with ``images.npy`` float64 (N, 256, 256, 3)
+holding 0-255 values, ``masks.npy`` float64 (N, 256, 256, 6) whose channels 0-4 hold the instance ids of
+the classes neoplastic, inflammatory, connective, dead, epithelial (channel 5 is background) and
+``types.npy`` (N,) the tissue of each image. The tfds builder (``data/pannuke``) and the in-memory
+synthetic source both go through these functions, so they produce the same examples and splits.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from maskrcnn.config import PANNUKE_CLASSES
+from maskrcnn.evaluation.pannuke import PANNUKE_TISSUES
+
+FOLDS = (1, 2, 3)
+FILES = ("images.npy", "masks.npy", "types.npy")
+# The seed paper's test set size; drawn without replacement here (its code drew with replacement).
+PAPER_TEST_IMAGES = 490
+PAPER_SPLIT_SEED = 20240607  # fixed, so that everyone gets the same leak-free paper_* splits
+VARIANTS = ("neoplastic", "all_classes")
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _fold_names(fold: int) -> list[str]:
+    """Names the fold's folder or zip has on the PanNuke page and its mirrors."""
+    return [f"fold_{fold}", f"Fold {fold}", f"fold{fold}", f"Fold_{fold}", f"fold {fold}", f"Fold{fold}"]
+
+
+def find_fold(root: str, fold: int) -> str:
+    """Where one fold is under ``root``: its folder or its zip, as downloaded.
+
+    Accepts the names the downloads have (``fold_1.zip``, ``Fold 1.zip``, ``fold1/``, ...); a folder
+    counts only if it holds the three .npy files somewhere inside (see :func:`fold_files`).
+
+    Raises:
+      FileNotFoundError naming the fold, the folder searched and the names tried.
+    """
+    for name in _fold_names(fold):
+        folder = os.path.join(root, name)
+        if os.path.isdir(folder) and _npy_files(folder):
+            return folder
+        if os.path.isfile(folder + ".zip"):
+            return folder + ".zip"
+    tried = ", ".join(f"'{n}/' or '{n}.zip'" for n in _fold_names(fold)[:3])
+    raise FileNotFoundError(
+        f"PanNuke fold {fold} not found in {os.path.abspath(root)}: looked for {tried} (and similar) holding "
+        f"{', '.join(FILES)}. Download the three folds from "
+        "https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke and put them (zipped or not) in that folder."
+    )
+
+
+def fold_files(folder: str) -> dict[str, str]:
+    """The fold's three files anywhere under ``folder`` (an unzipped fold): {"images.npy": path, ...}."""
+    found = _npy_files(folder)
+    if found is None:
+        raise FileNotFoundError(f"{folder} does not contain all of {', '.join(FILES)}")
+    return found
+
+
+def _npy_files(folder: str) -> dict[str, str] | None:
+    found = {}
+    for name in FILES:
+        hits = sorted(glob.glob(os.path.join(glob.escape(folder), "**", name), recursive=True))
+        if not hits:
+            return None
+        found[name] = hits[0]
+    return found
+
+
+class NpyRows:
+    """Reads the rows of a large .npy file one at a time (PanNuke's masks.npy is 8 GB a fold).
+
+    Seeks to each row instead of loading or memory-mapping the file, so it also works on file objects
+    that cannot be memory-mapped (``tf.io.gfile``, which tfds builders are expected to use).
+    """
+
+    def __init__(self, path: str, opener=open):
+        self.path, self._file = path, opener(path, "rb")
+        version = np.lib.format.read_magic(self._file)
+        fmt = np.lib.format
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, self.dtype = read_header(self._file)
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered arrays are not supported; re-save it in C order")
+        self.shape, self._offset = shape, self._file.tell()
+        self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} out of range for {self.path} with {len(self)} rows")
+        self._file.seek(self._offset + i * self._row_bytes)
+        return np.frombuffer(self._file.read(self._row_bytes), self.dtype).reshape(self.shape[1:])
+
+
+def open_fold(paths: dict[str, str], opener=open):
+    """A fold's images and masks as :class:`NpyRows` (float64 (256, 256, 3) and (256, 256, 6) rows) and
+    its tissue types as (N,) str."""
+    images, masks = NpyRows(paths["images.npy"], opener), NpyRows(paths["masks.npy"], opener)
+    with opener(paths["types.npy"], "rb") as f:
+        types = np.asarray(np.load(f)).astype(str)  # a unicode array in PanNuke; never unpickled
+    if not (len(images) == len(masks) == len(types)) or masks.shape[-1] != 6 or images.shape[-1] != 3:
+        raise ValueError(
+            f"fold files disagree: images {images.shape}, masks {masks.shape}, types {types.shape}; "
+            "expected (N, H, W, 3), (N, H, W, 6) and (N,)"
+        )
+    return images, masks, types
+
+
+# ------------------------------------------------------------------------------------------ examples
+def instance_and_class_maps(mask: np.ndarray, variant: str = "all_classes") -> tuple[np.ndarray, np.ndarray]:
+    """One image's instance label map and class map from its (H, W, 6) PanNuke mask.
+
+    Instance ids are kept exactly as PanNuke stores them (read as float64, turned into int32 without a
+    narrower type on the way: the seed paper's uint8 cast wrapped ids above 255). PanNuke numbers the
+    nuclei of an image across its channels; if a channel reuses an id of an earlier channel for another
+    nucleus, that nucleus gets a new id above the image's largest.
+
+    Args:
+      mask: (H, W, 6) float; variant: "all_classes" keeps the five classes, "neoplastic" only channel 0.
+
+    Returns:
+      instances int32 (H, W) (0 background) and classes uint8 (H, W): 0 background, c + 1 for class c
+      (the index into the variant's class names).
+    """
+    channels = 1 if variant == "neoplastic" else len(PANNUKE_CLASSES)
+    ids = np.rint(np.asarray(mask[..., :channels], np.float64)).astype(np.int64)
+    instances = np.zeros(ids.shape[:2], np.int64)
+    classes = np.zeros(ids.shape[:2], np.uint8)
+    next_id = int(ids.max(initial=0)) + 1
+    for c in range(channels):
+        channel = ids[..., c]
+        on = channel > 0
+        clash = np.intersect1d(np.unique(channel[on]), np.unique(instances[instances > 0]))
+        if clash.size:
+            renumbered = next_id + np.searchsorted(clash, channel)
+            channel = np.where(np.isin(channel, clash), renumbered, channel)
+            next_id += clash.size
+        instances = np.where(on, channel, instances)
+        classes = np.where(on, c + 1, classes).astype(np.uint8)
+    if instances.max(initial=0) > np.iinfo(np.int32).max:
+        raise ValueError(f"instance id {instances.max()} does not fit int32")
+    return instances.astype(np.int32), classes
+
+
+def pannuke_masks(instances: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`instance_and_class_maps`: (..., H, W) maps -> (..., H, W, 6) float64 masks."""
+    out = np.zeros((*instances.shape, 6), np.float64)
+    for c in range(len(PANNUKE_CLASSES)):
+        out[..., c] = np.where(classes == c + 1, instances, 0)
+    out[..., 5] = (instances == 0).astype(np.float64)
+    return out
+
+
+def eligible(mask: np.ndarray, variant: str) -> bool:
+    """Whether an image belongs to the variant (neoplastic: it holds at least one neoplastic nucleus)."""
+    if variant == "neoplastic":
+        return bool(np.any(np.asarray(mask[..., 0]) > 0))
+    if variant == "all_classes":
+        return True
+    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def tissue_index(name: str) -> int:
+    """Index of a tissue in :data:`PANNUKE_TISSUES` (the tfds ClassLabel)."""
+    try:
+        return PANNUKE_TISSUES.index(str(name))
+    except ValueError:
+        raise ValueError(f"unknown tissue {name!r}; PanNuke's tissues are {PANNUKE_TISSUES}") from None
+
+
+# ------------------------------------------------------------------------------------------- splits
+def paper_splits(keys: Sequence[tuple[int, int]], *, seed: int = PAPER_SPLIT_SEED) -> dict[str, list]:
+    """The seed paper's protocol without its leak: disjoint test, train and validation sets.
+
+    From the pooled eligible images of the three folds (``keys`` of (fold, index)), a seeded permutation
+    takes min(490, N // 5) images for ``paper_test`` (490, the paper's figure, whenever N >= 2450, as on
+    PanNuke), then the rest is split 80/20 into ``paper_train`` and ``paper_validation``. Keys come back
+    sorted within each split.
+    """
+    keys = sorted(keys)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    n_test = min(PAPER_TEST_IMAGES, len(keys) // 5)
+    rest = order[n_test:]
+    n_train = int(round(0.8 * len(rest)))
+    pick = lambda idx: sorted(keys[i] for i in idx)  # noqa: E731
+    return {
+        "paper_train": pick(rest[:n_train]),
+        "paper_validation": pick(rest[n_train:]),
+        "paper_test": pick(order[:n_test]),
+    }
+
+
+def split_keys(eligible_keys: Sequence[tuple[int, int]]) -> dict[str, list]:
+    """Every split of the dataset: ``fold1``-``fold3`` (official protocol) and the ``paper_*`` splits."""
+    splits = {f"fold{f}": sorted(k for k in eligible_keys if k[0] == f) for f in FOLDS}
+    splits.update(paper_splits(eligible_keys))
+    return splits
