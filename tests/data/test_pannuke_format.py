@@ -1,0 +1,84 @@
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from maskrcnn import pannuke
+from maskrcnn.synthetic import make_fold, write_folds
+
+
+def test_missing_fold_names_the_fold_and_the_folder(tmp_path):
+    write_folds(str(tmp_path), 1, seed=1)
+    os.rename(tmp_path / "Fold 2", tmp_path / "elsewhere")
+    assert pannuke.find_fold(str(tmp_path), 1).endswith("Fold 1")
+    with pytest.raises(FileNotFoundError, match=r"PanNuke fold 2 not found in .*" + tmp_path.name):
+        pannuke.find_fold(str(tmp_path), 2)
+
+
+@pytest.mark.parametrize("name", ["fold_3.zip", "Fold 3.zip", "fold3.zip", "fold3", "Fold 3", "fold_3"])
+def test_fold_names_as_downloaded(tmp_path, name):
+    write_folds(str(tmp_path / "src"), 1, seed=1)
+    src = tmp_path / "src" / "Fold 3"
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(tmp_path / name, "w") as z:
+            for root, _, files in os.walk(src):
+                for f in files:
+                    z.write(os.path.join(root, f), os.path.relpath(os.path.join(root, f), src.parent))
+    else:
+        os.rename(src, tmp_path / name)
+    assert os.path.basename(pannuke.find_fold(str(tmp_path), 3)) == name
+
+
+def test_rows_are_read_like_np_load(tmp_path):
+    write_folds(str(tmp_path), 2, seed=3)
+    paths = pannuke.fold_files(pannuke.find_fold(str(tmp_path), 1))
+    images, masks, types = pannuke.open_fold(paths)
+    full = np.load(paths["masks.npy"])
+    assert len(masks) == 2 and masks.shape == full.shape
+    np.testing.assert_array_equal(masks[1], full[1])
+    np.testing.assert_array_equal(images[0], np.load(paths["images.npy"])[0])
+    assert types.dtype.kind == "U" and len(types) == 2
+    with pytest.raises(IndexError, match="out of range"):
+        masks[2]
+
+
+def test_instance_map_keeps_ids_and_separates_reused_ones():
+    mask = np.zeros((8, 8, 6))
+    mask[0:2, 0:2, 0] = 70000.0  # an id above 65535
+    mask[4:6, 4:6, 1] = 300.0
+    mask[6:8, 0:2, 2] = 70000.0  # PanNuke numbers across channels; a reused id is another nucleus
+    instances, classes = pannuke.instance_and_class_maps(mask)
+    assert instances.dtype == np.int32 and instances[0, 0] == 70000 and instances[4, 4] == 300
+    assert instances[6, 0] not in (0, 70000, 300)
+    np.testing.assert_array_equal(np.unique(classes), [0, 1, 2, 3])
+    neo, neo_classes = pannuke.instance_and_class_maps(mask, "neoplastic")
+    np.testing.assert_array_equal(np.unique(neo), [0, 70000])
+    assert set(np.unique(neo_classes)) == {0, 1}
+    # And back to PanNuke's channels.
+    back = pannuke.pannuke_masks(instances, classes)
+    np.testing.assert_array_equal(back[..., 0], mask[..., 0])
+    np.testing.assert_array_equal(back[..., 5], instances == 0)
+
+
+def test_paper_splits_are_disjoint_seeded_and_sized():
+    keys = [(f, i) for f in (1, 2, 3) for i in range(1000)]
+    splits = pannuke.paper_splits(keys)
+    sets = [set(splits[s]) for s in ("paper_train", "paper_validation", "paper_test")]
+    assert len(sets[2]) == 490
+    assert len(sets[0]) == round(0.8 * 2510) and len(sets[1]) == 2510 - round(0.8 * 2510)
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert set.union(*sets) == set(keys)
+    assert pannuke.paper_splits(list(reversed(keys))) == splits  # the input order does not matter
+
+
+def test_synthetic_fold_is_pannuke_format_and_deterministic():
+    images, masks, types = make_fold(3, seed=5)
+    assert images.dtype == masks.dtype == np.float64
+    assert images.shape == (3, 256, 256, 3) and masks.shape == (3, 256, 256, 6)
+    assert images.min() >= 0 and images.max() <= 255 and np.all(images == np.round(images))
+    assert all(t in pannuke.PANNUKE_TISSUES for t in types)
+    assert np.all((masks[..., 5] == 1) == (masks[..., :5].max(-1) == 0))
+    assert (np.count_nonzero(masks[..., :5], axis=(1, 2)) > 0).sum() >= 3  # several classes present
+    again = make_fold(3, seed=5)
+    np.testing.assert_array_equal(again[1], masks)
