@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 
@@ -56,6 +57,22 @@ def cmd_train(args):
     print(f"trained weights and config in {workdir}/")
 
 
+def cmd_evaluate(args):
+    from maskrcnn.config import apply_overrides
+    from maskrcnn.inference import evaluate
+    from maskrcnn.train.loop import load_trained
+
+    config, model = load_trained(args.workdir)
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir!r}")
+    config = apply_overrides(config, overrides)
+    out_dir = args.out or os.path.join(args.workdir, f"eval-{args.split}")
+    evaluate(config, model, args.split, out_dir, max_overlays=args.overlays)
+    print(open(os.path.join(out_dir, "report.md")).read())
+    print(f"report, per-tissue CSV, predictions and overlays in {out_dir}/")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="maskrcnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +88,15 @@ def main(argv=None):
         "--distributed", action="store_true", help="multi-host job: jax.distributed.initialize() first"
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="bPQ/mPQ per tissue and mask AP of a trained model on a split")
+    p.add_argument("--workdir", required=True, help="the training run (config.json, model.weights.h5)")
+    p.add_argument("--split", default="paper_test", help="split to evaluate (paper_test, fold3, ...)")
+    p.add_argument("--data-dir", help="tensorflow-datasets data_dir holding the built pannuke dataset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--out", help="report folder (default <workdir>/eval-<split>)")
+    p.add_argument("--overlays", type=int, default=16, help="overlay pictures to write")
+    p.set_defaults(func=cmd_evaluate)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -5,7 +5,7 @@ make train CONFIG=tiny
 
 import dataclasses
 
-from maskrcnn.config import load_config
+from maskrcnn.config import StageConfig, load_config
 
 
 def get_config():
@@ -32,6 +32,6 @@ def get_config():
         train=dataclasses.replace(
             base.train,
             batch_size=2,
-            stages=(dataclasses.replace(base.train.stages[0], layers="all", epochs=2, learning_rate=1e-2),),
+            stages=(StageConfig("all", "all", epochs=2, learning_rate=1e-2),),
         ),
     )
