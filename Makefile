@@ -9,7 +9,9 @@ DATA_DIR ?= $(HOME)/tensorflow_datasets
 MANUAL_DIR ?= $(HOME)/pannuke
 WORKDIR ?= runs/$(CONFIG)
 EPOCHS ?=
-SPLIT ?= test
+SPLIT ?= paper_test
+INPUT ?=
+OUT ?= predictions
 ARGS ?=
 
 STAMP := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA))
@@ -34,6 +36,34 @@ test-all: install
 
 lint: install
 	$(VENV)/bin/ruff check maskrcnn tests data experiments
+
+# The main job on a generated synthetic sample (CPU, a few minutes): data, tfds build, train, evaluate.
+demo: install
+	$(VENV)/bin/maskrcnn demo $(ARGS)
+
+# Build PanNuke (both configs, all splits) from the three folds downloaded by hand into MANUAL_DIR.
+data: install
+	$(VENV)/bin/tfds build data/pannuke --manual_dir $(MANUAL_DIR) --data_dir $(DATA_DIR) --file_format array_record
+
+TRAIN := $(VENV)/bin/maskrcnn train --config $(CONFIG) --data-dir $(DATA_DIR) --workdir $(WORKDIR) \
+         $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+
+# The paper's two stages (heads, then all layers); resume a killed run with ARGS=--resume.
+train: install
+	$(TRAIN)
+
+train-heads: install
+	$(TRAIN) --stage heads
+
+train-all: install
+	$(TRAIN) --stage all
+
+evaluate: install
+	$(VENV)/bin/maskrcnn evaluate --workdir $(WORKDIR) --split $(SPLIT) --data-dir $(DATA_DIR) $(ARGS)
+
+# Segment your own images: make predict INPUT=slides/ (PNG, JPEG or TIFF of any size).
+predict: install
+	$(VENV)/bin/maskrcnn predict $(INPUT) --workdir $(WORKDIR) --out $(OUT) $(ARGS)
 
 bench: bench-ops bench-evaluation bench-input bench-model
 

@@ -80,11 +80,7 @@ def open_split(data: DataConfig, split: str):
         return SyntheticSource(data.variant, split, data.synthetic_images_per_fold)
     if data.builder != "pannuke":
         raise ValueError(f"data.builder must be 'pannuke' or 'synthetic', got {data.builder!r}")
-    import importlib
-
-    import tensorflow_datasets as tfds
-
-    importlib.import_module("data.pannuke")  # registers the builder (the repository root is on the path)
+    import tensorflow_datasets as tfds  # reads the prepared files; the builder's code is not needed
 
     name = f"pannuke/{data.variant}"
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -113,6 +114,22 @@ def open_fold(paths: dict[str, str], opener=open):
             "expected (N, H, W, 3), (N, H, W, 6) and (N,)"
         )
     return images, masks, types
+
+
+def builder_class():
+    """The tfds builder class from the repository's ``data/pannuke`` (building needs a clone; reading the
+    built dataset does not)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "data", "pannuke", "pannuke_dataset_builder.py")):
+        raise FileNotFoundError(
+            f"the PanNuke builder (data/pannuke) is not next to the maskrcnn package in {root}; build the "
+            "dataset from a clone of the repository: `tfds build data/pannuke --manual_dir ...`"
+        )
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from data.pannuke import Builder
+
+    return Builder
 
 
 # ------------------------------------------------------------------------------------------ examples

@@ -85,14 +85,17 @@ class Monitor:
 
     def start_epoch(self, stage: int, epoch: int, steps_per_epoch: int, bar):
         self.stage, self.epoch, self.steps_per_epoch, self.bar = stage, epoch, steps_per_epoch, bar
-        self.running, self.t0 = {}, time.time()
+        self.running, self.finite_steps, self.t0 = {}, 0, time.time()
 
     def record(self, step: int, metrics: dict):
         metrics = jax.device_get(metrics)
         if metrics["finite"]:
             self.in_row = 0
-            for k in ("loss", *LOSS_NAMES):
-                self.running[k] = 0.9 * self.running.get(k, float(metrics[k])) + 0.1 * float(metrics[k])
+            self.finite_steps += 1
+            for k in ("loss", *LOSS_NAMES):  # means over the epoch so far
+                self.running[k] = self.running.get(k, 0.0) + (
+                    float(metrics[k]) - self.running.get(k, 0.0)
+                ) / (self.finite_steps)
         else:
             self.skipped += 1
             self.in_row += 1

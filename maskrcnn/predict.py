@@ -1,0 +1,290 @@
+"""``maskrcnn predict``: instance segmentation of whole images of any size, tile by tile.
+
+An image is read (PNG, JPEG, TIFF; RGB, RGBA, greyscale, 8 or 16 bit), optionally rescaled to PanNuke's
+40x resolution, cut into overlapping 256 px tiles, and each tile segmented. Each tile keeps only the
+nuclei whose centroid lies in its *core*: the tile minus half the overlap on every side that borders
+another tile. The cores partition the image, so every nucleus is kept by exactly one tile, and a nucleus
+smaller than half the overlap is whole in that tile. Outputs: the label map (TIFF), a CSV of instances
+and an overlay picture.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from scipy import ndimage
+
+TILE = 256  # PanNuke's patch size: the resolution the models are trained at
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used, with the file named."""
+
+
+def read_image(path: str) -> np.ndarray:
+    """Reads an image as uint8 RGB (H, W, 3).
+
+    RGBA loses its alpha, greyscale is replicated to three channels, 16-bit images are scaled from their
+    full range (0-65535) to 0-255, float images are taken as 0-1 if their maximum is at most 1, else 0-255.
+    """
+    try:
+        if path.lower().endswith((".tif", ".tiff")):
+            import tifffile
+
+            array = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                array = np.asarray(im.convert("RGBA") if im.mode == "P" else im)
+    except Exception as error:  # PIL and tifffile raise many types for unreadable files
+        raise ImageError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from error
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels-first TIFF
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4) or min(array.shape[:2]) == 0:
+        raise ImageError(f"{path}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {array.shape}")
+    if array.shape[-1] in (1, 2):  # grey (with alpha)
+        array = np.repeat(array[..., :1], 3, axis=-1)
+    array = array[..., :3]
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype == np.uint16:
+        return np.rint(array / 65535.0 * 255.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        top = 1.0 if np.nanmax(array) <= 1.0 else 255.0
+        return np.clip(np.rint(np.nan_to_num(array) / top * 255.0), 0, 255).astype(np.uint8)
+    raise ImageError(f"{path}: unsupported pixel type {array.dtype}; expected 8 or 16 bit integers or floats")
+
+
+def tile_origins(size: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of ``tile`` px covering [0, size) with at least ``overlap`` px between neighbours."""
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    count = -(-(size - tile) // stride) + 1
+    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
+
+
+def _cores(origins: list[int], tile: int, size: int) -> list[tuple[int, int]]:
+    """The part of each tile that it owns: halfway into every overlap with a neighbour."""
+    bounds = []
+    for i, start in enumerate(origins):
+        lo = 0 if i == 0 else (origins[i - 1] + tile + start) // 2
+        hi = size if i == len(origins) - 1 else (start + tile + origins[i + 1]) // 2
+        bounds.append((lo, hi))
+    return bounds
+
+
+def segment_large(
+    image: np.ndarray,
+    predict_tiles: Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    *,
+    overlap: int = 64,
+    batch: int = 8,
+) -> tuple[np.ndarray, list[dict]]:
+    """Segments an image of any size with a tile predictor and stitches the nuclei.
+
+    Args:
+      image: uint8 (H, W, 3) at the model's resolution (smaller images are padded with white).
+      predict_tiles: uint8 (N, TILE, TILE, 3) -> per tile (labels int (TILE, TILE), scores (D,), classes
+        (D,)) where label d + 1 is detection d.
+      overlap: pixels shared by neighbouring tiles; nuclei up to half of it across are never cut.
+
+    Returns:
+      int32 (H, W) label map (ids 1..n) and one dict per instance: id, class, score.
+    """
+    height, width = image.shape[:2]
+    padded_h, padded_w = max(height, TILE), max(width, TILE)
+    canvas = np.full((padded_h, padded_w, 3), 255, np.uint8)
+    canvas[:height, :width] = image
+    ys, xs = tile_origins(padded_h, TILE, overlap), tile_origins(padded_w, TILE, overlap)
+    y_cores, x_cores = _cores(ys, TILE, padded_h), _cores(xs, TILE, padded_w)
+    jobs = [
+        (y, x, yc, xc) for y, yc in zip(ys, y_cores, strict=True) for x, xc in zip(xs, x_cores, strict=True)
+    ]
+    labels = np.zeros((padded_h, padded_w), np.int32)
+    instances = []
+    for start in range(0, len(jobs), batch):
+        chunk = jobs[start : start + batch]
+        tiles = np.stack([canvas[y : y + TILE, x : x + TILE] for y, x, _, _ in chunk])
+        for (y, x, (y_lo, y_hi), (x_lo, x_hi)), (tile_labels, scores, classes) in zip(
+            chunk, predict_tiles(tiles), strict=True
+        ):
+            ids = np.unique(tile_labels)
+            ids = ids[ids > 0]
+            if not len(ids):
+                continue
+            centres = np.asarray(ndimage.center_of_mass(np.ones_like(tile_labels), tile_labels, ids)).reshape(
+                -1, 2
+            )
+            for ident, (cy, cx) in zip(ids, centres, strict=True):
+                gy, gx = cy + y, cx + x
+                if not (y_lo <= gy < y_hi and x_lo <= gx < x_hi):
+                    continue  # another tile owns this nucleus
+                where = (tile_labels == ident) & (labels[y : y + TILE, x : x + TILE] == 0)
+                new_id = len(instances) + 1
+                labels[y : y + TILE, x : x + TILE][where] = new_id
+                instances.append(
+                    {"id": new_id, "class": int(classes[ident - 1]), "score": float(scores[ident - 1])}
+                )
+    return labels[:height, :width], instances
+
+
+def instance_table(labels: np.ndarray, instances: list[dict], class_names) -> list[dict]:
+    """Rows for the CSV: id, class, score, area, centroid and box (y1, x1, y2, x2 on pixel edges)."""
+    if not instances:
+        return []
+    ids = [r["id"] for r in instances]
+    slices = ndimage.find_objects(labels)
+    areas = np.bincount(labels.ravel(), minlength=max(ids) + 1)
+    centres = ndimage.center_of_mass(np.ones_like(labels), labels, ids)
+    rows = []
+    for r, (cy, cx) in zip(instances, centres, strict=True):
+        sl = slices[r["id"] - 1] if r["id"] - 1 < len(slices) else None
+        if sl is None or areas[r["id"]] == 0:
+            continue
+        rows.append(
+            {
+                "id": r["id"],
+                "class": class_names[r["class"] - 1] if 0 < r["class"] <= len(class_names) else r["class"],
+                "score": round(r["score"], 4),
+                "area": int(areas[r["id"]]),
+                "centroid_y": round(float(cy), 2),
+                "centroid_x": round(float(cx), 2),
+                "y1": sl[0].start,
+                "x1": sl[1].start,
+                "y2": sl[0].stop,
+                "x2": sl[1].stop,
+            }
+        )
+    return rows
+
+
+def resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A label map resampled to ``shape`` by nearest pixel centre."""
+    rows = np.minimum(
+        ((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(int), labels.shape[0] - 1
+    )
+    cols = np.minimum(
+        ((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(int), labels.shape[1] - 1
+    )
+    return labels[np.ix_(rows, cols)]
+
+
+def write_outputs(out_dir: str, name: str, image, labels, rows, label_format: str = "tif") -> dict:
+    """Writes ``<name>_labels.tif`` (or .png/.npy), ``<name>_instances.csv`` and ``<name>_overlay.png``."""
+    from PIL import Image
+
+    from maskrcnn.evaluation.report import overlay
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"labels": os.path.join(out_dir, f"{name}_labels.{label_format}")}
+    dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
+    if label_format == "npy":
+        np.save(paths["labels"], labels.astype(np.int32))
+    elif label_format == "png":
+        if dtype != np.uint16:
+            raise ValueError(f"{name}: {labels.max()} instances do not fit a 16-bit PNG; use --format tif")
+        Image.fromarray(labels.astype(np.uint16)).save(paths["labels"])
+    else:
+        import tifffile
+
+        tifffile.imwrite(paths["labels"], labels.astype(dtype), compression="zlib")
+    paths["csv"] = os.path.join(out_dir, f"{name}_instances.csv")
+    fields = ["id", "class", "score", "area", "centroid_y", "centroid_x", "y1", "x1", "y2", "x2"]
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    paths["overlay"] = os.path.join(out_dir, f"{name}_overlay.png")
+    Image.fromarray(overlay(image, None, labels)).save(paths["overlay"])
+    return paths
+
+
+def list_inputs(inputs: list[str]) -> list[str]:
+    """The image files named or inside the named folders, in sorted order."""
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            files += sorted(
+                os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_SUFFIXES)
+            )
+        elif os.path.exists(item):
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return files
+
+
+def make_tile_predictor(config, model):
+    """A ``predict_tiles`` for :func:`segment_large` from a trained model and its config."""
+    from maskrcnn import input_pipeline
+    from maskrcnn.inference import make_predict_fn
+
+    size = config.data.image_size
+    predict = make_predict_fn(model, (TILE, TILE), size / TILE, config.model.mask_threshold)
+
+    def predict_tiles(tiles):
+        if size != TILE:
+            tiles = np.stack([input_pipeline.resize(t, t[..., 0], t[..., 0], size)[0] for t in tiles])
+        out = predict(tiles)
+        return [
+            (out["labels"][i], out["scores"][i], np.where(out["valid"][i], out["classes"][i], 0))
+            for i in range(len(tiles))
+        ]
+
+    return predict_tiles
+
+
+def predict_files(
+    workdir: str,
+    inputs: list[str],
+    out_dir: str,
+    *,
+    scale: float = 1.0,
+    overlap: int = 64,
+    label_format: str = "tif",
+    progress: bool = True,
+) -> list[str]:
+    """Runs the model trained in ``workdir`` on every image; returns the files that failed (reported)."""
+    from tqdm.auto import tqdm
+
+    from maskrcnn.train.loop import load_trained
+
+    config, model = load_trained(workdir)
+    predict_tiles = make_tile_predictor(config, model)
+    failed = []
+    for path in tqdm(list_inputs(inputs), desc="predict", disable=not progress, dynamic_ncols=True):
+        name = os.path.splitext(os.path.basename(path))[0]
+        try:
+            image = read_image(path)
+        except ImageError as error:
+            print(f"skipped: {error}")
+            failed.append(path)
+            continue
+        work = image
+        if scale != 1.0:
+            size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+            work = np.clip(
+                ndimage.zoom(
+                    image.astype(np.float32),
+                    (size[0] / image.shape[0], size[1] / image.shape[1], 1),
+                    order=1,
+                    grid_mode=True,
+                    mode="nearest",
+                ),
+                0,
+                255,
+            ).astype(np.uint8)
+        labels, instances = segment_large(work, predict_tiles, overlap=overlap)
+        if scale != 1.0:
+            labels = resize_nearest(labels, image.shape[:2])
+        rows = instance_table(labels, instances, config.data.class_names)
+        write_outputs(out_dir, name, image, labels, rows, label_format)
+    return failed
