@@ -195,6 +195,7 @@ def train(
         # bf16 activations and matmuls, float32 variables; the losses are computed in float32.
         keras.config.set_dtype_policy("mixed_bfloat16")
     mesh = data_mesh()
+    keras.utils.set_random_seed(tcfg.seed)  # the same seed, the same initial weights and so the same run
     if model is None:
         model = build_model(
             config.model, config.data.image_size, mini_masks=config.data.mini_mask_size is not None
