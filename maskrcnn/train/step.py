@@ -90,12 +90,14 @@ def _merge(trained, frozen, mask):
 
 
 def init_state(model: keras.Model, optimizer: optax.GradientTransformation, mask: list[bool]) -> TrainState:
-    values = [v.value for v in model.trainable_variables]
+    """A train state holding copies of the model's variables (the step donates its state's buffers, so the
+    model's own stay valid for inference during training)."""
+    values = [jnp.copy(v.value) for v in model.trainable_variables]
     trained, frozen = _split(values, mask)
     return TrainState(
         trained=trained,
         frozen=frozen,
-        non_trainable=[v.value for v in model.non_trainable_variables],
+        non_trainable=[jnp.copy(v.value) for v in model.non_trainable_variables],
         opt_state=optimizer.init(trained),
         step=jnp.zeros((), jnp.int32),
     )
