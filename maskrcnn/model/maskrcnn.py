@@ -160,13 +160,36 @@ class MaskRCNN(keras.Model):
         mask_logits = self.mask_head(
             self.roi_features(pyramid, rois["rois"][:, :num_pos], cfg.mask_pool_size), training=True
         )
+        return self.loss_parts(
+            {
+                "rpn_logits": rpn_logits,
+                "rpn_deltas": rpn_deltas,
+                "rpn_labels": rpn_labels,
+                "rpn_target_deltas": rpn_target_deltas,
+                "class_logits": class_logits,
+                "box_deltas": box_deltas,
+                "mask_logits": mask_logits,
+                "rois": rois,
+                "num_pos": num_pos,
+            }
+        )
+
+    def loss_parts(self, out: dict) -> dict:
+        """The loss terms from the heads' outputs and their targets; the train step minimises their sum.
+
+        Override to add a term (e.g. ``losses.mask_dice_loss``): every entry of the dict is trained and
+        logged. ``out`` holds the RPN outputs and anchor targets, the sampled ``rois`` (see
+        :func:`maskrcnn.targets.sample_rois`) and the head outputs; masks exist for the first ``num_pos``
+        ROI slots, where the positives are.
+        """
+        rois, num_pos = out["rois"], out["num_pos"]
         return {
-            "rpn_class": losses.rpn_class_loss(rpn_logits, rpn_labels),
-            "rpn_box": losses.rpn_box_loss(rpn_deltas, rpn_target_deltas, rpn_labels),
-            "class": losses.class_loss(class_logits, rois["classes"], rois["valid"]),
-            "box": losses.box_loss(box_deltas, rois["deltas"], rois["classes"], rois["positive"]),
+            "rpn_class": losses.rpn_class_loss(out["rpn_logits"], out["rpn_labels"]),
+            "rpn_box": losses.rpn_box_loss(out["rpn_deltas"], out["rpn_target_deltas"], out["rpn_labels"]),
+            "class": losses.class_loss(out["class_logits"], rois["classes"], rois["valid"]),
+            "box": losses.box_loss(out["box_deltas"], rois["deltas"], rois["classes"], rois["positive"]),
             "mask": losses.mask_loss(
-                mask_logits,
+                out["mask_logits"],
                 rois["masks"][:, :num_pos],
                 rois["classes"][:, :num_pos],
                 rois["positive"][:, :num_pos],

@@ -19,7 +19,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from maskrcnn.config import StageConfig, TrainConfig
 from maskrcnn.model.backbone import stage_of_layer
-from maskrcnn.model.maskrcnn import LOSS_NAMES
 
 # Which backbone stages train in each stage setting (Matterport's `layers` argument of `train`):
 # "heads" trains none of the backbone, "3+" ResNet stages 3-5, ..., "all" every layer.
@@ -123,7 +122,7 @@ def make_train_step(model: keras.Model, optimizer: optax.GradientTransformation,
         parts, non_trainable = model.stateless_call(
             trainable, non_trainable, batch["image"], batch, key=key, training=True
         )
-        total = sum(parts[name] for name in LOSS_NAMES)
+        total = sum(parts.values())  # the five losses, and any term a model's loss_parts adds
         return total, (parts, non_trainable)
 
     def step(state: TrainState, batch, key):

@@ -1,0 +1,137 @@
+"""Compile time, train-step time, inference time and peak memory of the model on this machine.
+
+    make bench-model                      # fast and paper presets, writes experiments/results/model.md
+    python experiments/bench_model.py tiny fast
+
+Each preset runs in its own process (so peak memory is its own): a train step of the "all" stage (every
+layer trains) and inference (detections, masks pasted at full size, instance label maps) on a batch of
+synthetic nuclei at the preset's image size and batch size. Times are medians of jitted calls after the
+compile; per-image figures divide by the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "model.md")
+REPEATS = {"tiny": 5, "fast": 3, "paper": 2}
+
+
+def measure(preset: str) -> dict:
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from maskrcnn import input_pipeline
+    from maskrcnn.config import StageConfig, load_config
+    from maskrcnn.model import build_model, detections_to_label_maps
+    from maskrcnn.train.step import (
+        decay_mask,
+        init_state,
+        learning_rate_schedule,
+        make_optimizer,
+        make_train_step,
+        trainable_mask,
+    )
+
+    config = load_config(preset)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, builder="synthetic"))
+    size, batch_size = config.data.image_size, config.train.batch_size
+    keys = ("image", "boxes", "classes", "masks", "valid")
+    batch = {k: v for k, v in next(input_pipeline.make_train_iterator(config, epoch=0)).items() if k in keys}
+    model = build_model(config.model, size, mini_masks=config.data.mini_mask_size is not None)
+    mask = trainable_mask(model, "all")
+    schedule = learning_rate_schedule(StageConfig("all", "all", 1, 1e-3), 1)
+    optimizer = make_optimizer(config.train, schedule, decay_mask(model))
+    state = init_state(model, optimizer, mask)
+    step = make_train_step(model, optimizer, mask, schedule)
+
+    def timed(fn, *args):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        return out, time.perf_counter() - start
+
+    key = jax.random.PRNGKey(0)
+    (state, _), compile_train = timed(step, state, batch, key)
+    train_times = []
+    for _ in range(REPEATS[preset]):
+        (state, metrics), t = timed(step, state, batch, key)
+        train_times.append(t)
+
+    @jax.jit
+    def infer(variables, images):
+        trainable, non_trainable = variables
+        detections = model.stateless_call(trainable, non_trainable, images)[0]
+        return detections_to_label_maps(detections, (size, size))
+
+    variables = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+    )
+    _, compile_infer = timed(infer, variables, batch["image"])
+    infer_times = [timed(infer, variables, batch["image"])[1] for _ in range(REPEATS[preset])]
+    return {
+        "preset": preset,
+        "backbone": config.model.backbone,
+        "image_size": size,
+        "batch_size": batch_size,
+        "compile_train_s": compile_train,
+        "train_step_per_image_s": statistics.median(train_times) / batch_size,
+        "compile_infer_s": compile_infer,
+        "infer_per_image_s": statistics.median(infer_times) / batch_size,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
+    }
+
+
+def main(presets):
+    rows = []
+    for preset in presets:
+        print(f"measuring {preset} ...", flush=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", preset], capture_output=True, text=True, check=False
+        )
+        if out.returncode:
+            raise SystemExit(f"{preset} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    import jax
+
+    lines = [
+        "# Model speed and memory on this machine",
+        "",
+        f"Made by `make bench-model` (`python experiments/bench_model.py {' '.join(presets)}`), "
+        f"{time.strftime('%Y-%m-%d')}.",
+        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU, jax {jax.__version__}. "
+        "Train step: the 'all' stage (every layer trains), one jitted step; inference: detections, masks "
+        "pasted at full size and instance label maps. Medians after the compile.",
+        "",
+        "| preset | backbone | image | batch | compile train step (s) | train step per image (s) "
+        "| compile inference (s) | inference per image (s) | peak memory (GiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['preset']} | {r['backbone']} | {r['image_size']} | {r['batch_size']} "
+            f"| {r['compile_train_s']:.1f} | {r['train_step_per_image_s']:.2f} | {r['compile_infer_s']:.1f} "
+            f"| {r['infer_per_image_s']:.3f} | {r['peak_rss_gib']:.1f} |"
+        )
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--one"]:
+        print(json.dumps(measure(sys.argv[2])))
+    else:
+        main(sys.argv[1:] or ["fast", "paper"])
