@@ -8,14 +8,23 @@ in memory by :mod:`maskrcnn.synthetic` through the same PanNuke functions.
 
 A batch (all numpy, leading axis B) holds:
   image uint8 (B, S, S, 3) with S = ``data.image_size``;
-  boxes float32 (B, M, 4) (y1, x1, y2, x2) on pixel edges of the S-pixel image, M = ``data.max_instances``;
+  boxes float32 (B, M, 4) (y1, x1, y2, x2) on pixel edges of the S-pixel image (rows 3..5 -> y1=3, y2=6),
+    M = ``data.max_instances``;
   classes int32 (B, M) in 1..num_classes, 0 on padding; valid bool (B, M);
   masks uint8 (B, M, m, m) mini-masks (m = ``data.mini_mask_size``): pixel (u, v) is the instance's mask
-    at the centre of cell (u, v) of an m x m grid over its box; or (B, M, S, S) full masks if m is None;
-  num_truncated int32 (B,) instances beyond M left out (the M largest are kept);
+    at the centre of cell (u, v) of an m x m grid over its box, i.e. the full mask at row
+    ``floor(y1 + (u + 0.5) * (y2 - y1) / m)`` and column likewise; or (B, M, S, S) full masks if m is None;
+  num_truncated int32 (B,) instances beyond M left out (the M largest by area are kept, ties by lower id);
   tissue, fold, index int32 (B,); scale float32 (B,) = S / 256.
-Evaluation batches also hold the original ``instances`` int32 (B, 256, 256), ``class_map`` uint8 and
-``example_valid`` bool (B,) (False on the padding of the last batch).
+Instances are in the order of their ids in the label map. Evaluation batches also hold the original
+``instances`` int32 (B, 256, 256), ``class_map`` uint8 (B, 256, 256) (with ``instances`` it rebuilds
+PanNuke's (N, 256, 256, 6) masks through :func:`maskrcnn.pannuke.pannuke_masks`) and ``example_valid``
+bool (B,) (False on the padding of the last batch).
+
+Geometry: augmentation (flips, rotation) happens at 256 px, then the image is resized bilinearly (PIL)
+and the label map by nearest pixel centre; boxes and masks always come from the final label map, so an
+instance that leaves the image or vanishes in a downscale is dropped and every box is exactly the
+bounding box of its mask. Work per example is numpy/PIL (both release the GIL) in a small thread pool.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import os
 from collections.abc import Iterator
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from maskrcnn import pannuke
@@ -37,7 +47,11 @@ _SYNTHETIC_SEED = 2026
 
 # -------------------------------------------------------------------------------------------- sources
 class SyntheticSource:
-    """A split of three PanNuke-format folds generated in memory (see :mod:`maskrcnn.synthetic`)."""
+    """A split of three PanNuke-format folds generated in memory (see :mod:`maskrcnn.synthetic`).
+
+    Splits are those of the tfds builder, drawn by the same functions (:func:`maskrcnn.pannuke.split_keys`)
+    from ``images_per_fold`` generated images per fold.
+    """
 
     def __init__(self, variant: str, split: str, images_per_fold: int):
         keys, self._examples = _synthetic_pool(variant, images_per_fold)
@@ -75,9 +89,9 @@ def _synthetic_pool(variant: str, images_per_fold: int):
 
 
 def open_split(data: DataConfig, split: str):
-    """A random-access sequence of examples of ``split``."""
+    """A random-access sequence (``len`` and ``[i]``) of the examples of ``split``."""
     if data.builder == "synthetic":
-        return SyntheticSource(data.variant, split, data.synthetic_images_per_fold)
+        return SyntheticSource(data.variant, split, getattr(data, "synthetic_images_per_fold", 24))
     if data.builder != "pannuke":
         raise ValueError(f"data.builder must be 'pannuke' or 'synthetic', got {data.builder!r}")
     import tensorflow_datasets as tfds  # reads the prepared files; the builder's code is not needed
@@ -89,111 +103,159 @@ def open_split(data: DataConfig, split: str):
         where = data.data_dir or "~/tensorflow_datasets"
         raise FileNotFoundError(
             f"could not open {name} split {split!r} in {where} ({type(error).__name__}: {error}). "
-            "Build it once with `make data MANUAL_DIR=<folder with the PanNuke folds>`, or set "
-            "data.builder=synthetic to try the pipeline on generated data."
+            "Build it once with `make data MANUAL_DIR=<folder with the PanNuke folds>` (that is `tfds build "
+            "data/pannuke --manual_dir <folder> --data_dir <data_dir>`), or set data.builder=synthetic to "
+            "try the pipeline on generated data."
         ) from error
 
 
-# ------------------------------------------------------------------------------------------ examples
+# --------------------------------------------------------------------------------------- geometry
 def augment(image, instances, classes, rng: np.random.Generator, max_degrees: float):
     """Random horizontal and vertical flips and a rotation within +-max_degrees (the seed paper's).
 
-    The image is rotated bilinearly, the label maps by nearest neighbour, all about the centre with zeros
-    where the rotation brings in pixels from outside (imgaug's default, which the paper used).
+    Args:
+      image: uint8 (H, W, 3); instances: int (H, W) label map; classes: (H, W) class map or None;
+      rng: draws flip h, flip v (each with probability 1/2), then the angle uniformly.
+
+    Returns:
+      the three arrays transformed alike (PIL's rotate about the image centre, counter-clockwise for a
+      positive angle): the image bilinearly, the label maps by nearest neighbour, zeros where the
+      rotation brings in pixels from outside (imgaug's default, which the paper used).
     """
-    if rng.random() < 0.5:
-        image, instances, classes = image[:, ::-1], instances[:, ::-1], classes[:, ::-1]
-    if rng.random() < 0.5:
-        image, instances, classes = image[::-1], instances[::-1], classes[::-1]
+    flip_h, flip_v = rng.random() < 0.5, rng.random() < 0.5
     angle = rng.uniform(-max_degrees, max_degrees) if max_degrees > 0 else 0.0
-    if abs(angle) > 1e-3:
-        image = ndimage.rotate(image, angle, reshape=False, order=1, mode="constant", cval=0)
-        instances = ndimage.rotate(instances, angle, reshape=False, order=0, mode="constant", cval=0)
-        classes = ndimage.rotate(classes, angle, reshape=False, order=0, mode="constant", cval=0)
-    return np.ascontiguousarray(image), np.ascontiguousarray(instances), np.ascontiguousarray(classes)
+    flip = (slice(None, None, -1 if flip_v else 1), slice(None, None, -1 if flip_h else 1))
+    out = [None if a is None else np.ascontiguousarray(a[flip]) for a in (image, instances, classes)]
+    if abs(angle) < 1e-3:
+        return tuple(out)
+    out[0] = np.asarray(Image.fromarray(out[0]).rotate(angle, Image.BILINEAR))
+    for i in (1, 2):
+        if out[i] is not None:  # mode "I" (int32): ids of any size survive
+            dtype = out[i].dtype
+            out[i] = np.asarray(Image.fromarray(out[i].astype(np.int32)).rotate(angle, Image.NEAREST))
+            out[i] = out[i].astype(dtype)
+    return tuple(out)
+
+
+def _nearest_index(size_in: int, size_out: int) -> np.ndarray:
+    """Source pixel of each output pixel when resizing size_in -> size_out by nearest pixel centre."""
+    return np.minimum(((np.arange(size_out) + 0.5) * size_in / size_out).astype(np.int64), size_in - 1)
 
 
 def resize(image, instances, classes, size: int):
-    """Resizes to size x size: the image bilinearly on pixel centres, the label maps by nearest centre."""
+    """Resizes to size x size: the image bilinearly (PIL, antialiased when shrinking), the label maps by
+    nearest pixel centre (output pixel i reads input pixel floor((i + 0.5) * H / size)).
+
+    Args: image uint8 (H, H, 3); instances, classes (H, H) (classes may be None). Returns the three arrays
+    at (size, size).
+    """
     height = image.shape[0]
     if size == height:
         return image, instances, classes
-    factor = size / height
-    image = ndimage.zoom(
-        image.astype(np.float32), (factor, factor, 1), order=1, grid_mode=True, mode="nearest"
-    )
-    src = np.minimum(((np.arange(size) + 0.5) / factor).astype(np.int64), height - 1)
-    return (
-        np.clip(np.rint(image), 0, 255).astype(np.uint8),
-        instances[np.ix_(src, src)],
-        classes[np.ix_(src, src)],
-    )
+    image = np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), Image.BILINEAR))
+    if size % height == 0:  # integer upscale: the same pixels as the index below, faster
+        f = size // height
+        nearest = lambda a: np.repeat(np.repeat(a, f, 0), f, 1)  # noqa: E731
+    else:
+        src = _nearest_index(height, size)
+        nearest = lambda a: a[np.ix_(src, src)]  # noqa: E731
+    return image, nearest(instances), None if classes is None else nearest(classes)
 
 
-def instance_targets(instances, classes, max_instances: int, mini_mask_size: int | None) -> dict:
+# ----------------------------------------------------------------------------------------- targets
+def _contiguous(instances: np.ndarray, classes: np.ndarray):
+    """Relabels ids to 1..K in id order; returns the int32 map and the class of each label (K + 1,)."""
+    flat = instances.ravel()
+    top = int(flat.max(initial=0))
+    if flat.size and flat.min() < 0:
+        raise ValueError(f"instance ids must be >= 0 (0 is background), got {flat.min()}")
+    if top < 1 << 22:  # a lookup table: faster than np.unique
+        ids = np.flatnonzero(np.bincount(flat, minlength=top + 1)[1:]) + 1
+        table = np.zeros(top + 1, np.int32)
+        table[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+        labels = table[instances]
+    else:
+        ids, inverse = np.unique(flat, return_inverse=True)
+        labels = (inverse.reshape(instances.shape) + (ids[0] != 0)).astype(np.int32)
+        ids = ids[ids > 0]
+    class_of = np.zeros(len(ids) + 1, np.int32)
+    class_of[labels] = classes  # an instance has one class (maskrcnn.pannuke.instance_and_class_maps)
+    class_of[0] = 0
+    return labels, class_of
+
+
+def instance_targets(
+    instances, classes, max_instances: int, mini_mask_size: int | None, class_of: np.ndarray | None = None
+) -> dict:
     """Boxes, classes and (mini-)masks of the instances of one label map, padded to ``max_instances``.
 
     Args:
-      instances: int (S, S) label map; classes: uint8 (S, S) class map (c + 1 for class c).
+      instances: int (S, S) label map (any ids, 0 background); classes: (S, S) class map (c + 1 for
+        class c); with ``class_of`` given, ``instances`` must hold labels 0..K and ``class_of`` (K + 1,)
+        their classes, and ``classes`` is ignored.
 
     Returns:
-      dict of boxes float32 (M, 4), classes int32 (M,), masks uint8 (M, m, m) or (M, S, S), valid bool
-      (M,), num_truncated int (the instances beyond M, the smallest ones, left out).
+      dict of boxes float32 (M, 4) yxyx on pixel edges, classes int32 (M,), masks uint8 (M, m, m) or
+      (M, S, S), valid bool (M,), num_truncated int32: instances beyond M left out (the smallest by area;
+      ties: the higher label). Kept instances are in label order.
     """
-    ids, contiguous = np.unique(instances, return_inverse=True)
-    contiguous = contiguous.reshape(instances.shape)
-    if ids[0] != 0:
-        contiguous = contiguous + 1
-    count = int(contiguous.max(initial=0))
-    labels = np.arange(1, count + 1)
-    areas = np.bincount(contiguous.ravel(), minlength=count + 1)[1:]
-    keep = (
-        labels if count <= max_instances else np.sort(np.argsort(-areas, kind="stable")[:max_instances] + 1)
-    )
-    slices = ndimage.find_objects(contiguous)
+    if class_of is None:
+        instances, class_of = _contiguous(np.asarray(instances), np.asarray(classes))
+    count = len(class_of) - 1
+    areas = np.bincount(instances.ravel(), minlength=count + 1)[1:]
+    present = np.flatnonzero(areas) + 1
+    keep = present
+    if len(present) > max_instances:
+        keep = np.sort(present[np.argsort(-areas[present - 1], kind="stable")[:max_instances]])
     n = len(keep)
+    slices = ndimage.find_objects(instances, max_label=count)
+    edges = np.array([(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in (slices[k - 1] for k in keep)])
     boxes = np.zeros((max_instances, 4), np.float32)
-    for row, k in enumerate(keep):
-        ys, xs = slices[k - 1]
-        boxes[row] = (ys.start, xs.start, ys.stop, xs.stop)
     out_classes = np.zeros(max_instances, np.int32)
     if n:
-        out_classes[:n] = ndimage.maximum(classes, contiguous, keep).astype(np.int32)
+        boxes[:n] = edges
+        out_classes[:n] = class_of[keep]
     if mini_mask_size is None:
         masks = np.zeros((max_instances, *instances.shape), np.uint8)
-        masks[:n] = contiguous[None] == keep[:, None, None]
+        masks[:n] = instances[None] == keep[:, None, None]
     else:
         m = mini_mask_size
-        cells = (np.arange(m) + 0.5) / m
-        y1, x1, y2, x2 = (boxes[:n, i : i + 1] for i in range(4))
-        rows = (y1 + cells * (y2 - y1)).astype(np.int64)  # (n, m): the cell centres' pixels
-        cols = (x1 + cells * (x2 - x1)).astype(np.int64)
         masks = np.zeros((max_instances, m, m), np.uint8)
-        masks[:n] = contiguous[rows[:, :, None], cols[:, None, :]] == keep[:, None, None]
+        if n:
+            y1, x1, y2, x2 = (edges[:, i : i + 1] for i in range(4))
+            centres = np.arange(m) + 0.5
+            # The same float64 expression as the reference, so the same pixels are picked at exact ties.
+            rows = (y1 + centres * (y2 - y1) / m).astype(np.int64)  # (n, m)
+            cols = (x1 + centres * (x2 - x1) / m).astype(np.int64)
+            masks[:n] = instances[rows[:, :, None], cols[:, None, :]] == keep[:, None, None]
     return {
         "boxes": boxes,
         "classes": out_classes,
         "masks": masks,
         "valid": np.arange(max_instances) < n,
-        "num_truncated": np.int32(count - n),
+        "num_truncated": np.int32(len(present) - n),
     }
 
 
 def prepare(example: dict, data: DataConfig, rng: np.random.Generator | None = None) -> dict:
-    """One example as model inputs and targets; ``rng`` given: with augmentation (if ``data.augment``)."""
+    """One example as model inputs and targets; ``rng`` given: with augmentation (if ``data.augment``).
+
+    Returns the batch entries of one example (see the module docstring) without the batch axis.
+    """
     image = np.asarray(example["image"], np.uint8)
-    instances = np.asarray(example["instances"], np.int32)
-    classes = np.asarray(example["classes"], np.uint8)
+    instances = np.asarray(example["instances"])
+    classes = np.asarray(example["classes"])
     if image.shape[:2] != instances.shape or instances.shape != classes.shape:
         raise ValueError(
             f"example {example.get('fold')}/{example.get('index')}: image {image.shape}, instances "
             f"{instances.shape} and classes {classes.shape} must share (H, W)"
         )
+    labels, class_of = _contiguous(instances, classes)
     if rng is not None and data.augment:
-        image, instances, classes = augment(image, instances, classes, rng, data.max_rotation_degrees)
+        image, labels, _ = augment(image, labels, None, rng, data.max_rotation_degrees)
     scale = data.image_size / image.shape[0]
-    image, instances, classes = resize(image, instances, classes, data.image_size)
-    targets = instance_targets(instances, classes, data.max_instances, data.mini_mask_size)
+    image, labels, _ = resize(image, labels, None, data.image_size)
+    targets = instance_targets(labels, None, data.max_instances, data.mini_mask_size, class_of=class_of)
     return {
         "image": image,
         **targets,
@@ -209,51 +271,70 @@ def _stack(items: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- batches
-def _batched(jobs: list[list], work, workers: int) -> Iterator[dict]:
-    """Runs ``work`` on every item of every job (a batch) in a thread pool, two batches ahead."""
+def _batched(jobs: list[list], work, workers: int, ahead: int = 2) -> Iterator[dict]:
+    """Runs ``work`` on every item of every job (a batch) in a thread pool, ``ahead`` batches ahead."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         pending = []
-        for job in jobs:
-            pending.append([pool.submit(work, *item) for item in job])
-            if len(pending) > 2:
+        try:
+            for job in jobs:
+                pending.append([pool.submit(work, *item) for item in job])
+                if len(pending) > ahead:
+                    yield _stack([f.result() for f in pending.pop(0)])
+            while pending:
                 yield _stack([f.result() for f in pending.pop(0)])
-        for futures in pending:
-            yield _stack([f.result() for f in futures])
+        finally:  # an abandoned iterator does not finish its prefetched batches
+            for futures in pending:
+                for f in futures:
+                    f.cancel()
 
 
 def _workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 
 def steps_per_epoch(config: Config) -> int:
-    """Full batches in one pass over the training split (the remainder waits for the next epoch's order)."""
-    return len(open_split(config.data, config.data.train_split)) // config.train.batch_size
+    """Full batches in one pass over the training split, at least 1 (the remainder waits for another
+    epoch's order)."""
+    return max(1, len(open_split(config.data, config.data.train_split)) // config.train.batch_size)
+
+
+def _epoch_order(n: int, seed: int, epoch: int, count: int) -> np.ndarray:
+    """``count`` example positions for one epoch: seeded permutations of range(n), concatenated as needed."""
+    rounds = -(-count // n)
+    return np.concatenate([np.random.default_rng([seed, epoch, r]).permutation(n) for r in range(rounds)])[
+        :count
+    ]
 
 
 def make_train_iterator(config: Config, *, epoch: int, start_step: int = 0) -> Iterator[dict]:
-    """The training batches of ``epoch``, from batch ``start_step`` on.
+    """The shuffled, augmented training batches of ``epoch``, from batch ``start_step`` on.
 
-    The order (a permutation seeded by ``train.seed`` and the epoch) and each example's augmentation
-    (seeded by the seed, the epoch and the example's position) do not depend on where the epoch starts,
-    so a resumed run sees exactly the batches an uninterrupted run would.
+    An epoch has ``train.steps_per_epoch`` batches if set, else :func:`steps_per_epoch`. The order (a
+    permutation seeded by ``train.seed`` and the epoch) and each example's augmentation (seeded by the
+    seed, the epoch and the example's position in the epoch) do not depend on where the epoch starts, so
+    a resumed run sees exactly the batches an uninterrupted run would.
     """
     source = open_split(config.data, config.data.train_split)
-    batch = config.train.batch_size
-    order = np.random.default_rng([config.train.seed, epoch]).permutation(len(source))
-    steps = len(source) // batch
+    if len(source) == 0:
+        raise ValueError(f"training split {config.data.train_split!r} is empty")
+    batch, seed = config.train.batch_size, config.train.seed
+    steps = getattr(config.train, "steps_per_epoch", None) or steps_per_epoch(config)
+    order = _epoch_order(len(source), seed, epoch, steps * batch)
     jobs = [
-        [(int(order[i]), [config.train.seed, epoch, i]) for i in range(s * batch, (s + 1) * batch)]
+        [(int(order[i]), [seed, epoch, i]) for i in range(s * batch, (s + 1) * batch)]
         for s in range(start_step, steps)
     ]
 
-    def work(position, seed):
-        return prepare(source[position], config.data, np.random.default_rng(seed))
+    def work(position, example_seed):
+        return prepare(source[position], config.data, np.random.default_rng(example_seed))
 
     return _batched(jobs, work, _workers())
 
 
 def make_eval_iterator(config: Config, split: str, *, batch_size: int | None = None) -> Iterator[dict]:
-    """Batches of ``split`` in order, without augmentation; the last is padded (``example_valid``)."""
+    """Batches of ``split`` in the source's order, without augmentation; the last one is padded by
+    repeating the last example, with ``example_valid`` False. Adds the original ``instances`` int32
+    (B, 256, 256) and ``class_map`` uint8 (B, 256, 256) for evaluation at PanNuke's resolution."""
     source = open_split(config.data, split)
     batch = batch_size or config.train.batch_size
     n = len(source)

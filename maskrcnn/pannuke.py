@@ -83,14 +83,27 @@ class NpyRows:
 
     def __init__(self, path: str, opener=open):
         self.path, self._file = path, opener(path, "rb")
-        version = np.lib.format.read_magic(self._file)
         fmt = np.lib.format
-        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran, self.dtype = read_header(self._file)
-        if fortran:
-            raise ValueError(f"{path}: Fortran-ordered arrays are not supported; re-save it in C order")
+        try:
+            version = fmt.read_magic(self._file)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, self.dtype = read_header(self._file)
+        except ValueError as error:
+            raise ValueError(f"{path} is not a readable .npy file ({error}); download it again") from None
+        if fortran or self.dtype.hasobject or not shape:
+            raise ValueError(
+                f"{path}: expected a C-ordered numeric array with a leading image axis, got shape {shape}, "
+                f"dtype {self.dtype}, fortran_order={fortran}; re-save it with np.save(path, np.asarray(a))"
+            )
         self.shape, self._offset = shape, self._file.tell()
         self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._file.seek(0, 2)
+        expected, size = self._offset + shape[0] * self._row_bytes, self._file.tell()
+        if size < expected:
+            raise ValueError(
+                f"{path} is truncated: its header promises {shape} {self.dtype} ({expected} bytes) but the "
+                f"file has {size} bytes; download or unzip it again"
+            )
 
     def __len__(self):
         return self.shape[0]
@@ -102,17 +115,31 @@ class NpyRows:
         return np.frombuffer(self._file.read(self._row_bytes), self.dtype).reshape(self.shape[1:])
 
 
-def open_fold(paths: dict[str, str], opener=open):
-    """A fold's images and masks as :class:`NpyRows` (float64 (256, 256, 3) and (256, 256, 6) rows) and
-    its tissue types as (N,) str."""
+def open_fold(paths: dict[str, str], opener=open, size: int | None = 256):
+    """A fold's images and masks as :class:`NpyRows` (float (size, size, 3) and (size, size, 6) rows) and
+    its tissue types as (N,) str, checked against each other and against PanNuke's 19 tissues.
+
+    Raises:
+      ValueError naming the file whose shape or contents are not PanNuke's (``size=None``: any H, W).
+    """
     images, masks = NpyRows(paths["images.npy"], opener), NpyRows(paths["masks.npy"], opener)
     with opener(paths["types.npy"], "rb") as f:
-        types = np.asarray(np.load(f)).astype(str)  # a unicode array in PanNuke; never unpickled
-    if not (len(images) == len(masks) == len(types)) or masks.shape[-1] != 6 or images.shape[-1] != 3:
+        try:
+            types = np.asarray(np.load(f)).astype(str)  # a unicode array in PanNuke; never unpickled
+        except ValueError as error:
+            raise ValueError(f"{paths['types.npy']}: not an array of tissue names ({error})") from None
+    hw = (size, size) if size else images.shape[1:3]
+    for rows, channels, path in ((images, 3, paths["images.npy"]), (masks, 6, paths["masks.npy"])):
+        if rows.shape[1:] != (*hw, channels):
+            raise ValueError(f"{path}: expected shape (N, {hw[0]}, {hw[1]}, {channels}), got {rows.shape}")
+    if not (len(images) == len(masks) == len(types)) or types.ndim != 1:
         raise ValueError(
-            f"fold files disagree: images {images.shape}, masks {masks.shape}, types {types.shape}; "
-            "expected (N, H, W, 3), (N, H, W, 6) and (N,)"
+            f"the fold's files disagree on the number of images: {paths['images.npy']} has {len(images)}, "
+            f"{paths['masks.npy']} {len(masks)} and {paths['types.npy']} {types.shape}"
         )
+    unknown = sorted(set(types.tolist()) - set(PANNUKE_TISSUES))
+    if unknown:
+        raise ValueError(f"{paths['types.npy']}: unknown tissues {unknown}; PanNuke's are {PANNUKE_TISSUES}")
     return images, masks, types
 
 

@@ -133,17 +133,31 @@ def make_fold(num_images: int, seed: int, size: int = 256):
     )
 
 
-def write_folds(root: str, images_per_fold: int, seed: int = 0, size: int = 256) -> str:
-    """Writes three folds laid out as PanNuke's unzipped downloads (``Fold 1/images/fold1/images.npy``...)."""
-    for fold in (1, 2, 3):
-        images, masks, types = make_fold(images_per_fold, seed=seed * 10 + fold, size=size)
+def write_folds(root: str, images_per_fold, seed: int = 0, size: int = 256) -> str:
+    """Writes three folds laid out as PanNuke's unzipped downloads (``Fold 1/images/fold1/images.npy``...).
+
+    ``images_per_fold`` is an int or one count per fold, e.g. PanNuke's real sizes (2656, 2523, 2722)
+    to measure a full-size build. Images are generated and written one at a time into memory-mapped
+    .npy files, so a full-size fold (8 GB of float64 masks) needs little memory.
+    """
+    counts = (images_per_fold,) * 3 if np.ndim(images_per_fold) == 0 else tuple(images_per_fold)
+    for fold, count in zip((1, 2, 3), counts, strict=True):
+        rng = np.random.default_rng(seed * 10 + fold)
         base = os.path.join(root, f"Fold {fold}")
-        for sub, name, array in (
-            ("images", "images", images),
-            ("images", "types", types),
-            ("masks", "masks", masks),
-        ):
-            folder = os.path.join(base, sub, f"fold{fold}")
-            os.makedirs(folder, exist_ok=True)
-            np.save(os.path.join(folder, f"{name}.npy"), array)
+        paths = {
+            name: os.path.join(base, sub, f"fold{fold}", f"{name}.npy")
+            for sub, name in (("images", "images"), ("images", "types"), ("masks", "masks"))
+        }
+        for path in paths.values():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        open_npy = np.lib.format.open_memmap
+        images = open_npy(paths["images"], "w+", np.float64, (count, size, size, 3))
+        masks = open_npy(paths["masks"], "w+", np.float64, (count, size, size, 6))
+        types = []
+        for i in range(count):
+            images[i], masks[i], tissue = make_image(rng, size, PANNUKE_TISSUES[i % 6])
+            types.append(tissue)
+        images.flush(), masks.flush()
+        del images, masks
+        np.save(paths["types"], np.array(types))
     return root

@@ -5,17 +5,36 @@ import pytest
 import tensorflow_datasets as tfds
 
 from maskrcnn import input_pipeline as ip
-from maskrcnn.config import load_config
+from maskrcnn import pannuke
+from maskrcnn.config import apply_overrides, load_config
 from tests.model.helpers import batch_from_labels, make_instances
 
 
-def config_for(name="tiny", **data):
+def config_for(name="tiny", batch_size=None, **data):
     config = load_config(name)
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, builder="synthetic", **data))
+    train = dataclasses.replace(config.train, batch_size=batch_size or config.train.batch_size)
+    data = dataclasses.replace(config.data, builder="synthetic", synthetic_images_per_fold=8, **data)
+    return dataclasses.replace(config, data=data, train=train)
 
 
-def test_train_batch_shapes_and_dtypes():
-    config = config_for()
+def mask_box(mask):
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    return [rows[0], cols[0], rows[-1] + 1, cols[-1] + 1]
+
+
+def reference_mini_mask(full, box, m):
+    """The convention, written out: pixel (u, v) is the full mask at the centre of cell (u, v) of the box."""
+    y1, x1, y2, x2 = (int(b) for b in box)
+    out = np.zeros((m, m), np.uint8)
+    for u in range(m):
+        for v in range(m):
+            out[u, v] = full[int(y1 + (u + 0.5) * (y2 - y1) / m), int(x1 + (v + 0.5) * (x2 - x1) / m)]
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny", "fast"])
+def test_train_batch_shapes_and_dtypes(name):
+    config = config_for(name)
     batch = next(ip.make_train_iterator(config, epoch=0))
     b, s, m, k = (
         config.train.batch_size,
@@ -40,49 +59,135 @@ def test_train_batch_shapes_and_dtypes():
     }
     assert batch["valid"].any()
     assert np.all(batch["classes"][batch["valid"]] == 1) and np.all(batch["classes"][~batch["valid"]] == 0)
+    assert np.all(batch["boxes"][~batch["valid"]] == 0) and np.all(batch["masks"][~batch["valid"]] == 0)
     np.testing.assert_allclose(batch["scale"], s / 256)
 
 
-def test_targets_match_the_independent_batch_builder():
-    rng = np.random.default_rng(0)
-    labels = make_instances(rng, 96, 9) * 1000  # sparse, large ids
-    ours = ip.instance_targets(labels, (labels > 0).astype(np.uint8), 16, 14)
-    ref = batch_from_labels([labels], 16, 14)
-    order_ours = np.lexsort(ours["boxes"].T[::-1])
-    order_ref = np.lexsort(ref["boxes"][0].T[::-1])
-    np.testing.assert_array_equal(ours["boxes"][order_ours], ref["boxes"][0][order_ref])
-    np.testing.assert_array_equal(ours["masks"][order_ours], ref["masks"][0][order_ref])
-    assert ours["valid"].sum() == 9 and ours["num_truncated"] == 0
+@pytest.mark.parametrize("name,augment", [("tiny", True), ("fast", False), ("fast", True)])
+def test_boxes_and_mini_masks_come_from_the_resampled_full_masks(name, augment):
+    full = config_for(name, augment=augment, mini_mask_size=None)
+    mini = config_for(name, augment=augment)
+    m = mini.data.mini_mask_size
+    for a, b in zip(
+        ip.make_train_iterator(full, epoch=0), ip.make_train_iterator(mini, epoch=0), strict=True
+    ):
+        np.testing.assert_array_equal(a["boxes"], b["boxes"])
+        for i, j in zip(*np.nonzero(a["valid"]), strict=True):
+            mask = a["masks"][i, j]
+            assert mask_box(mask) == a["boxes"][i, j].tolist()
+            np.testing.assert_array_equal(b["masks"][i, j], reference_mini_mask(mask, a["boxes"][i, j], m))
+        break
 
 
-def test_full_masks_have_their_box_and_truncation_keeps_the_largest():
+@pytest.mark.parametrize("mini_mask_size", [7, 14, 28, 56])
+def test_mini_masks_match_the_model_tests_batch_builder(mini_mask_size):
+    rng = np.random.default_rng(mini_mask_size)
+    for size in (48, 97):
+        labels = make_instances(rng, size, 12, radius=(1.5, 14)) * 1000  # sparse, large ids
+        ours = ip.instance_targets(labels, (labels > 0).astype(np.uint8), 16, mini_mask_size)
+        ref = batch_from_labels([labels], 16, mini_mask_size)
+        n = int(ref["valid"].sum())
+        assert ours["valid"].sum() == n and ours["num_truncated"] == 0
+        np.testing.assert_array_equal(ours["boxes"], ref["boxes"][0])  # both in id order
+        np.testing.assert_array_equal(ours["masks"], ref["masks"][0])
+        np.testing.assert_array_equal(ours["classes"], ref["classes"][0])
+
+
+def test_truncation_keeps_the_largest_and_counts_the_rest():
     labels = np.zeros((32, 32), np.int32)
     labels[1:4, 1:4] = 5  # 9 px
-    labels[10:20, 10:15] = 7  # 50 px
-    labels[25:27, 25:31] = 9  # 12 px
-    out = ip.instance_targets(labels, (labels > 0).astype(np.uint8), 2, None)
+    labels[10:20, 10:15] = 700  # 50 px
+    labels[25:27, 25:31] = 90000  # 12 px
+    classes = np.where(labels > 0, np.where(labels == 700, 3, 1), 0).astype(np.uint8)
+    out = ip.instance_targets(labels, classes, 2, None)
     assert out["num_truncated"] == 1 and out["valid"].tolist() == [True, True]
     np.testing.assert_array_equal(out["boxes"], [[10, 10, 20, 15], [25, 25, 27, 31]])  # in id order
+    assert out["classes"].tolist() == [3, 1]
     for box, mask in zip(out["boxes"], out["masks"], strict=True):
-        rows, cols = np.nonzero(mask)
-        np.testing.assert_array_equal(box, [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
+        assert mask_box(mask) == box.tolist()
+    assert ip.instance_targets(labels, classes, 3, 4)["num_truncated"] == 0
 
 
-def test_augmentation_moves_image_and_labels_together():
-    rng = np.random.default_rng(1)
-    labels = make_instances(rng, 64, 8, radius=(5, 8)) * 300
-    image = np.stack([np.where(labels > 0, 40 + labels // 300 * 20, 230)] * 3, -1).astype(np.uint8)
-    classes = (labels > 0).astype(np.uint8)
-    for seed in range(4):
-        flipped = ip.augment(image, labels, classes, np.random.default_rng(seed), max_degrees=0)
-        inside = flipped[1] > 0
-        np.testing.assert_array_equal(flipped[0][..., 0][inside], 40 + flipped[1][inside] // 300 * 20)
-        assert sorted(np.unique(flipped[1])) == sorted(np.unique(labels))
-        rotated = ip.augment(image, labels, classes, np.random.default_rng(seed), max_degrees=10)
-        core = rotated[1] > 0
-        for ident in np.unique(rotated[1][core]):  # nuclei interiors keep their colour
-            pixels = rotated[0][..., 0][rotated[1] == ident]
-            assert abs(np.median(pixels.astype(int)) - (40 + ident // 300 * 20)) <= 2
+def test_truncation_is_reported_in_batches():
+    config = config_for("tiny", max_instances=3, augment=False, image_size=256)
+    batch = next(ip.make_eval_iterator(config, "fold1"))
+    source = ip.open_split(config.data, "fold1")
+    originals = [len(np.unique(source[i]["instances"])) - 1 for i in range(len(batch["index"]))]
+    assert batch["valid"].sum(1).tolist() == [min(3, n) for n in originals]
+    assert batch["num_truncated"].tolist() == [max(0, n - 3) for n in originals]
+
+
+def _coloured_example(rng, size=256):
+    """An example whose image encodes each nucleus's label: a flip or rotation that moves one and not
+    the other shows as wrong colours under the masks."""
+    labels = make_instances(rng, size, 30, radius=(6, 12))
+    shade = (40 + 6 * labels).astype(np.uint8)  # 46..220 by label, background 40 is below it
+    image = np.stack([np.where(labels > 0, shade, 10)] * 3, -1).astype(np.uint8)
+    return {
+        "image": image,
+        "instances": (labels * 300).astype(np.int32),  # ids above 255
+        "classes": (labels > 0).astype(np.uint8),
+        "tissue": 0,
+        "fold": 1,
+        "index": 0,
+    }
+
+
+def test_flips_move_image_and_labels_exactly():
+    example = _coloured_example(np.random.default_rng(1))
+    image, labels = example["image"], example["instances"]
+    seen = set()
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        flip_h, flip_v = rng.random() < 0.5, rng.random() < 0.5
+        seen.add((flip_h, flip_v))
+        out = ip.augment(image, labels, example["classes"], np.random.default_rng(seed), max_degrees=0)
+        sl = (slice(None, None, -1 if flip_v else 1), slice(None, None, -1 if flip_h else 1))
+        for got, want in zip(out, (image, labels, example["classes"]), strict=True):
+            np.testing.assert_array_equal(got, want[sl])
+    assert len(seen) == 4
+
+
+def test_augmentation_keeps_image_and_masks_aligned():
+    rng = np.random.default_rng(2)
+    for name in ("tiny", "fast"):
+        data = config_for(name, max_instances=64, mini_mask_size=None).data
+        for seed in range(3):
+            example = _coloured_example(rng)
+            out = ip.prepare(example, data, np.random.default_rng(seed))
+            expected_shades = sorted(np.unique(example["image"][..., 0][example["instances"] > 0]))
+            assert out["valid"].sum() >= 25
+            on_shade = []
+            for j in np.nonzero(out["valid"])[0]:
+                pixels = out["image"][..., 0][out["masks"][j] > 0].astype(int)
+                shade = np.median(pixels)
+                # A nucleus's colour, not the background's (10); bilinear sampling blurs only its rim.
+                assert min(abs(shade - s) for s in expected_shades) <= 3
+                on_shade.append(np.mean(np.abs(pixels - shade) <= 3))
+            assert np.mean(on_shade) > 0.5
+
+
+def test_rotation_drops_nuclei_that_leave_the_image():
+    labels = np.zeros((256, 256), np.int32)
+    labels[0:3, 0:3] = 1000  # in the corner: any rotation of 10 degrees brings in zeros there
+    labels[120:130, 120:130] = 2000
+    example = {
+        "image": np.full((256, 256, 3), 128, np.uint8),
+        "instances": labels,
+        "classes": (labels > 0).astype(np.uint8),
+        "tissue": 0,
+        "fold": 1,
+        "index": 0,
+    }
+    data = dataclasses.replace(config_for("fast").data, max_rotation_degrees=10.0)
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        rng.random(), rng.random()
+        if abs(rng.uniform(-10, 10)) < 5:
+            continue
+        out = ip.prepare(example, data, np.random.default_rng(seed))
+        assert out["valid"].sum() == 1 and out["num_truncated"] == 0
+        assert out["boxes"][0, 0] > 100
 
 
 def test_resize_scales_boxes():
@@ -92,6 +197,7 @@ def test_resize_scales_boxes():
     b = next(ip.make_eval_iterator(small, "fold1"))
     assert a["image"].shape[1:3] == (512, 512)
     np.testing.assert_array_equal(a["boxes"][a["valid"]], 2 * b["boxes"][b["valid"]])
+    np.testing.assert_allclose(a["scale"], 2.0)
 
 
 def test_epochs_are_deterministic_and_resume_skips_exactly():
@@ -102,31 +208,48 @@ def test_epochs_are_deterministic_and_resume_skips_exactly():
     other = next(ip.make_train_iterator(config, epoch=2))
     assert len(full) == ip.steps_per_epoch(config) and len(resumed) == len(full) - 3
     for x, y in zip(full, again, strict=True):
-        np.testing.assert_array_equal(x["image"], y["image"])
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
     for x, y in zip(full[3:], resumed, strict=True):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
-    assert not np.array_equal(full[0]["index"], other["index"]) or not np.array_equal(
-        full[0]["fold"], other["fold"]
-    )
+    assert not np.array_equal(full[0]["image"], other["image"])
+    keys = [(f, i) for b in full for f, i in zip(b["fold"], b["index"], strict=True)]
+    assert len(set(keys)) == len(keys)  # one pass: no example twice
 
 
-def test_eval_batches_pad_the_last_one():
+def test_fixed_steps_per_epoch_cycles_through_the_split():
     config = config_for()
-    source = ip.open_split(config.data, "paper_validation")
-    batches = list(ip.make_eval_iterator(config, "paper_validation", batch_size=5))
-    assert sum(int(b["example_valid"].sum()) for b in batches) == len(source)
-    assert batches[-1]["example_valid"].tolist() == [
-        i < len(source) % 5 or len(source) % 5 == 0 for i in range(5)
-    ]
+    n = len(ip.open_split(config.data, config.data.train_split))
+    steps = n // config.train.batch_size + 3
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps_per_epoch=steps))
+    batches = list(ip.make_train_iterator(config, epoch=0))
+    assert len(batches) == steps
+
+
+def test_eval_batches_pad_the_last_one_and_rebuild_pannuke_masks():
+    from maskrcnn.synthetic import make_fold
+
+    config = apply_overrides(config_for(), ["data.variant=all_classes"])
+    source = ip.open_split(config.data, "fold2")
+    batches = list(ip.make_eval_iterator(config, "fold2", batch_size=5))
+    assert sum(int(b["example_valid"].sum()) for b in batches) == len(source) == 8
+    assert batches[-1]["example_valid"].tolist() == [True, True, True, False, False]
     assert batches[0]["instances"].shape == (5, 256, 256) and batches[0]["instances"].dtype == np.int32
+    _, masks, _ = make_fold(8, seed=ip._SYNTHETIC_SEED + 2)
+    instances = np.concatenate([b["instances"][b["example_valid"]] for b in batches])
+    class_map = np.concatenate([b["class_map"][b["example_valid"]] for b in batches])
+    index = np.concatenate([b["index"][b["example_valid"]] for b in batches])
+    np.testing.assert_array_equal(pannuke.pannuke_masks(instances, class_map), masks[index])
+    valid_classes = np.concatenate([b["classes"][b["valid"]] for b in batches])
+    assert set(valid_classes.tolist()) <= {1, 2, 3, 4, 5} and len(set(valid_classes.tolist())) > 2
 
 
 def test_unknown_split_and_unbuilt_dataset_are_explained(tmp_path):
     with pytest.raises(ValueError, match="unknown split 'fold9'"):
         ip.open_split(config_for().data, "fold9")
     data = dataclasses.replace(load_config("tiny").data, data_dir=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="make data"):
+    with pytest.raises(FileNotFoundError, match="tfds build data/pannuke --manual_dir"):
         ip.open_split(data, "fold1")
 
 
@@ -142,4 +265,5 @@ def test_reads_the_built_tfds_dataset(tmp_path):
     batch = next(ip.make_eval_iterator(config, "fold2"))
     # tfds orders a split by a hash of the keys.
     assert batch["fold"].tolist() == [2, 2] and sorted(batch["index"].tolist()) == [0, 2]
-    assert batch["valid"].any()
+    assert batch["valid"].any() and batch["instances"].max() > 0
+    assert next(ip.make_train_iterator(config, epoch=0))["image"].shape == (2, 128, 128, 3)

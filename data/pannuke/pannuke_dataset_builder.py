@@ -6,7 +6,8 @@ Configs: ``neoplastic`` (the seed paper's data: images holding at least one neop
 the neoplastic nuclei) and ``all_classes`` (every image, all five classes). Splits: ``fold1``-``fold3``
 (the official protocol trains on two folds and tests on the third) and ``paper_train``,
 ``paper_validation``, ``paper_test`` (the seed paper's protocol without its leak, see
-``maskrcnn.pannuke.paper_splits``). Written as array_record by default, so ``tfds.data_source`` reads it.
+``maskrcnn.pannuke.paper_splits``). Written as tfrecord and array_record by default, so ``tfds.load`` and
+``tfds.data_source`` both read it (``--file_format tfrecord`` writes tfrecord only).
 """
 
 from __future__ import annotations
@@ -47,8 +48,23 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """
 
     def __init__(self, *, file_format=None, **kwargs):
-        # array_record unless asked otherwise: it is what tfds.data_source (random access) reads.
-        super().__init__(file_format=file_format or "array_record", **kwargs)
+        # By default (or asked for array_record) both formats are written: tfrecord, which tfds.load
+        # reads, and array_record, which tfds.data_source (random access) reads. tfds 4.9 reads each
+        # format with one of the two only, and converts tfrecord to array_record but not back.
+        fmt = tfds.core.FileFormat
+        self._with_array_record = file_format is None or fmt.from_value(file_format) == fmt.ARRAY_RECORD
+        super().__init__(file_format="tfrecord" if self._with_array_record else file_format, **kwargs)
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        super()._download_and_prepare(dl_manager, download_config)
+        if not self._with_array_record:
+            return
+        # Still inside tfds' incomplete.* folder: a failure here leaves no dataset behind either.
+        adapters = tfds.core.file_adapters.ADAPTER_FOR_FORMAT
+        source, target = adapters[tfds.core.FileFormat.TFRECORD], adapters[tfds.core.FileFormat.ARRAY_RECORD]
+        for path in sorted(self.data_path.glob("*.tfrecord-*")):
+            records = ((i, bytes(r.numpy())) for i, r in enumerate(source.make_tf_data(path)))
+            target.write_examples(path.parent / path.name.replace(".tfrecord-", ".array_record-"), records)
 
     def _info(self) -> tfds.core.DatasetInfo:
         variant = self.builder_config.name
@@ -67,6 +83,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             ),
             homepage="https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke",
             metadata=tfds.core.MetadataDict(class_names=list(classes)),
+            # Declared here, not added after writing: tfds 4.9 restores it from dataset_info.json only
+            # into the proto, so a builder reading the dataset would not see it.
+            alternative_file_formats=["array_record"] if self._with_array_record else [],
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -79,8 +98,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             folds[fold] = pannuke.fold_files(location)
         keys = []
         for fold, paths in folds.items():
-            _, masks, _ = pannuke.open_fold(paths, tf.io.gfile.GFile)
-            keys += [(fold, i) for i in range(len(masks)) if pannuke.eligible(masks[i], variant)]
+            _, masks, _ = pannuke.open_fold(paths, tf.io.gfile.GFile)  # checks shapes, lengths, tissues
+            if variant == "all_classes":
+                keys += [(fold, i) for i in range(len(masks))]
+            else:  # one pass over the fold's masks, a row at a time
+                keys += [(fold, i) for i in range(len(masks)) if pannuke.eligible(masks[i], variant)]
         return {
             name: self._generate_examples(folds, split) for name, split in pannuke.split_keys(keys).items()
         }

@@ -83,3 +83,14 @@ def test_paper_splits_are_disjoint_and_cover_the_folds(built, config):
     assert sum(len(s) for s in paper) == len(set.union(*paper))  # no image in two splits
     folds = set().union(*(keys(f"fold{f}") for f in (1, 2, 3)))
     assert set.union(*paper) == folds
+
+
+def test_tfds_load_reads_the_same_examples_as_data_source(built):
+    source = tfds.data_source("pannuke/all_classes", split="fold3", data_dir=built)
+    by_index = {int(source[i]["index"]): source[i] for i in range(len(source))}
+    loaded = list(tfds.as_numpy(tfds.load("pannuke/all_classes", split="fold3", data_dir=built)))
+    assert len(loaded) == len(by_index) == 3
+    for example in loaded:
+        expected = by_index[int(example["index"])]
+        for key in ("image", "instances", "classes", "tissue", "fold"):
+            np.testing.assert_array_equal(example[key], expected[key])

@@ -82,3 +82,79 @@ def test_synthetic_fold_is_pannuke_format_and_deterministic():
     assert (np.count_nonzero(masks[..., :5], axis=(1, 2)) > 0).sum() >= 3  # several classes present
     again = make_fold(3, seed=5)
     np.testing.assert_array_equal(again[1], masks)
+
+
+def _fold_paths(tmp_path, images=2):
+    write_folds(str(tmp_path), images, seed=2)
+    return pannuke.fold_files(pannuke.find_fold(str(tmp_path), 1))
+
+
+def test_truncated_and_corrupt_npy_are_named(tmp_path):
+    paths = _fold_paths(tmp_path)
+    with open(paths["masks.npy"], "r+b") as f:
+        f.truncate(os.path.getsize(paths["masks.npy"]) - 1000)
+    with pytest.raises(ValueError, match=r"masks\.npy is truncated: its header promises \(2, 256, 256, 6\)"):
+        pannuke.open_fold(paths)
+    with open(paths["images.npy"], "wb") as f:
+        f.write(b"<html>not found</html>")
+    with pytest.raises(ValueError, match=r"images\.npy is not a readable \.npy file"):
+        pannuke.open_fold(paths)
+
+
+def test_disagreeing_files_and_unknown_tissues_are_named(tmp_path):
+    paths = _fold_paths(tmp_path)
+    np.save(paths["types.npy"], np.array(["Colon", "Colon", "Breast"]))
+    with pytest.raises(ValueError, match=r"disagree on the number of images: .*images\.npy has 2"):
+        pannuke.open_fold(paths)
+    np.save(paths["types.npy"], np.array(["Colon", "Brain"]))
+    with pytest.raises(ValueError, match=r"types\.npy: unknown tissues \['Brain'\]"):
+        pannuke.open_fold(paths)
+    np.save(paths["images.npy"], np.zeros((2, 128, 128, 3)))
+    with pytest.raises(
+        ValueError, match=r"images\.npy: expected shape \(N, 256, 256, 3\), got \(2, 128, 128, 3\)"
+    ):
+        pannuke.open_fold(paths)
+
+
+def test_a_failed_build_leaves_no_dataset(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from data.pannuke import Builder
+
+    write_folds(str(tmp_path / "manual"), 2, seed=2)
+    calls = []
+
+    def failing(mask, variant):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real(mask, variant)
+
+    real = pannuke.instance_and_class_maps
+    monkeypatch.setattr(pannuke, "instance_and_class_maps", failing)
+    data_dir = str(tmp_path / "tfds")
+    config = tfds.download.DownloadConfig(manual_dir=str(tmp_path / "manual"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        Builder(config="all_classes", data_dir=data_dir).download_and_prepare(download_config=config)
+    assert not Builder(config="all_classes", data_dir=data_dir).is_prepared()
+    with pytest.raises(Exception, match="pannuke"):
+        tfds.data_source("pannuke/all_classes", split="fold1", data_dir=data_dir)
+    monkeypatch.setattr(pannuke, "instance_and_class_maps", real)
+    Builder(config="all_classes", data_dir=data_dir).download_and_prepare(download_config=config)
+    assert len(tfds.data_source("pannuke/all_classes", split="fold1", data_dir=data_dir)) == 2
+
+
+def test_missing_fold_fails_the_build_with_its_name(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from data.pannuke import Builder
+
+    write_folds(str(tmp_path / "manual"), 1, seed=2)
+    os.rename(tmp_path / "manual" / "Fold 3", tmp_path / "manual" / "other")
+    config = tfds.download.DownloadConfig(manual_dir=str(tmp_path / "manual"))
+    with pytest.raises(
+        FileNotFoundError, match=r"PanNuke fold 3 not found in .*manual: looked for 'fold_3/'"
+    ):
+        Builder(config="neoplastic", data_dir=str(tmp_path / "tfds")).download_and_prepare(
+            download_config=config
+        )
