@@ -164,7 +164,6 @@ def test_image_size_must_be_a_multiple_of_64(tiny):
 def test_tiny_model_fits_a_handful_of_images():
     """A tiny model trained for a few hundred steps on four images segments them with PQ > 0.8."""
     from maskrcnn.evaluation import panoptic_quality
-
     from maskrcnn.train.step import (
         decay_mask,
         init_state,
@@ -198,3 +197,21 @@ def test_tiny_model_fits_a_handful_of_images():
     predicted = np.asarray(detections_to_label_maps(model(batch["image"]), labels[0].shape))
     pq = [panoptic_quality(t, p).pq for t, p in zip(labels, predicted, strict=True)]
     assert np.mean(pq) > 0.8, (pq, history[-5:])
+
+
+def test_chunked_detection_masks_equal_the_direct_computation(tiny):
+    config, model = tiny
+    rng = np.random.default_rng(4)
+    size, slots = config.data.image_size, config.model.detection_max_instances
+    pyramid = model.features(jnp.asarray(rng.integers(0, 255, (2, size, size, 3)), jnp.uint8))[:4]
+    yx = rng.uniform(0, size - 20, (2, slots, 2))
+    boxes = jnp.asarray(np.concatenate([yx, yx + rng.uniform(4, 20, (2, slots, 2))], -1), jnp.float32)
+    valid = jnp.arange(slots)[None] < jnp.array([[slots - 3], [5]])  # the first image fills every chunk
+    detections = {"boxes": boxes, "classes": jnp.ones((2, slots), jnp.int32), "valid": valid}
+    got = jax.jit(model.detection_masks)(pyramid, detections)
+    direct = jax.nn.sigmoid(
+        model.mask_head(model.roi_features(pyramid, boxes, config.model.mask_pool_size))[..., 0]
+    )
+    np.testing.assert_allclose(
+        np.asarray(got)[np.asarray(valid)], np.asarray(direct)[np.asarray(valid)], atol=1e-5
+    )
