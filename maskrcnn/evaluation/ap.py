@@ -175,7 +175,8 @@ def coco_mask_ap(
 
     Returns:
       {"ap": mean over the thresholds (AP@[.5:.95] by default), "ap50", "ap75" (NaN if not among the
-      thresholds), "per_threshold": {threshold: AP}}. No true instance in the whole data set: NaN.
+      thresholds), "per_threshold": {threshold: AP}}. No true instance in the whole data set: NaN; true
+      instances but no detection at all: 0.
     """
     thresholds = np.asarray(iou_thresholds, np.float64).reshape(-1)
     scores, hits, n_true = [], [], 0
@@ -194,12 +195,15 @@ def coco_mask_ap(
         if n_true == 0:
             per_threshold[float(t)] = float("nan")
             continue
+        if h.size == 0:  # true instances but no detection (pycocotools says -1, "undefined")
+            per_threshold[float(t)] = 0.0
+            continue
         tp, fp = np.cumsum(h), np.cumsum(~h)
         recall = tp / n_true
         precision = np.maximum.accumulate((tp / (tp + fp + np.spacing(1)))[::-1])[::-1]
         idx = np.searchsorted(recall, COCO_RECALL_POINTS, side="left")
         sampled = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
-        per_threshold[float(t)] = float(sampled.mean()) if len(precision) else 0.0
+        per_threshold[float(t)] = float(sampled.mean())
     values = list(per_threshold.values())
     pick = {k: next((v for t, v in per_threshold.items() if np.isclose(t, k)), np.nan) for k in (0.5, 0.75)}
     return {

@@ -100,6 +100,15 @@ def test_coco_ap_matches_the_cocoeval_loops(seed):
     assert np.isnan(capped["ap75"])
 
 
+def test_coco_ap_without_any_detection_is_zero_and_without_truth_nan():
+    true = np.zeros((2, 8, 8), bool)
+    true[0, :2, :2] = true[1, 4:, 4:] = True
+    none = np.zeros((0, 8, 8), bool)
+    got = coco_mask_ap([(true, none, np.zeros(0)), (true[:1], none, np.zeros(0))])
+    assert got["ap"] == got["ap50"] == 0.0
+    assert np.isnan(coco_mask_ap([(none, true, np.ones(2))])["ap"])
+
+
 def test_coco_ap_matches_pycocotools():
     coco = pytest.importorskip("pycocotools.coco")
     cocoeval = pytest.importorskip("pycocotools.cocoeval")
