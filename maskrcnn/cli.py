@@ -58,6 +58,7 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
+    from maskrcnn import evaluation
     from maskrcnn.config import apply_overrides
     from maskrcnn.inference import evaluate
     from maskrcnn.train.loop import load_trained
@@ -67,8 +68,10 @@ def cmd_evaluate(args):
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir!r}")
     config = apply_overrides(config, overrides)
-    out_dir = args.out or os.path.join(args.workdir, f"eval-{args.split}")
-    evaluate(config, model, args.split, out_dir, max_overlays=args.overlays)
+    name = os.path.basename(os.path.normpath(args.split)).replace(" ", "_")
+    out_dir = args.out or os.path.join(args.workdir, f"eval-{name}")
+    references = evaluation.read_references(args.references) if args.references else None
+    evaluate(config, model, args.split, out_dir, max_overlays=args.overlays, references=references)
     print(open(os.path.join(out_dir, "report.md")).read())
     print(f"report, per-tissue CSV, predictions and overlays in {out_dir}/")
 
@@ -148,11 +151,20 @@ def main(argv=None):
 
     p = sub.add_parser("evaluate", help="bPQ/mPQ per tissue and mask AP of a trained model on a split")
     p.add_argument("--workdir", required=True, help="the training run (config.json, model.weights.h5)")
-    p.add_argument("--split", default="paper_test", help="split to evaluate (paper_test, fold3, ...)")
+    p.add_argument(
+        "--split",
+        default="paper_test",
+        help="a split of the built dataset (paper_test, fold3, fold1+fold2, ...) or the folder of an "
+        "unzipped PanNuke-format fold, read directly",
+    )
     p.add_argument("--data-dir", help="tensorflow-datasets data_dir holding the built pannuke dataset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--out", help="report folder (default <workdir>/eval-<split>)")
     p.add_argument("--overlays", type=int, default=16, help="overlay pictures to write")
+    p.add_argument(
+        "--references",
+        help="CSV of published per-tissue bPQ to set beside ours: a 'tissue' column, then one per source",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment nuclei in images of any size (PNG, JPEG, TIFF)")

@@ -51,13 +51,15 @@ def evaluate(
     *,
     max_overlays: int = 16,
     progress: bool = True,
+    references: dict[str, dict[str, float]] | None = None,
 ) -> dict:
     """Scores ``model`` on ``split`` by the PanNuke protocol and writes the report into ``out_dir``.
 
     Writes ``report.md`` (the per-tissue table, per-class PQ, mask AP), ``tissues.csv``, ``metrics.json``,
     ``predictions.npz`` (true and predicted instance and class maps) and the first ``max_overlays``
-    overlay pictures. Returns the :func:`maskrcnn.evaluation.pannuke_metrics` dict plus ``map50`` and
-    ``coco`` (:func:`maskrcnn.evaluation.coco_mask_ap`).
+    overlay pictures. Returns the :func:`maskrcnn.evaluation.pannuke_metrics` dict plus ``aji``, ``map50`` and
+    ``coco`` (:func:`maskrcnn.evaluation.coco_mask_ap`). ``references``: published per-tissue bPQ set
+    beside ours (:func:`maskrcnn.evaluation.read_references`).
     """
     size = config.data.image_size
     predict = make_predict_fn(
@@ -94,15 +96,17 @@ def evaluate(
     pred_masks = pannuke.pannuke_masks(np.stack(pred_inst), np.stack(pred_cls))
     # Only the config's classes take part: a neoplastic model is scored on neoplastic nuclei (binary PQ).
     metrics = evaluation.pannuke_metrics(true_masks, pred_masks, tissues, classes=config.data.class_names)
+    metrics["aji"] = mean_aji(true_inst, pred_inst)
     metrics["map50"] = evaluation.mean_average_precision(ap_inputs, 0.5)
     metrics["coco"] = evaluation.coco_mask_ap(ap_inputs)
     title = f"{config.name} on {config.data.variant} {split} ({len(tissues)} images)"
     extra = {
+        "AJI (binary, mean over images with nuclei)": metrics["aji"],
         "mask mAP@0.5 (mean of per-image AP, the seed paper's figure)": metrics["map50"],
         "COCO mask AP@[.5:.95]": metrics["coco"]["ap"],
         "COCO mask AP50": metrics["coco"]["ap50"],
     }
-    evaluation.write_report(metrics, out_dir, title=title, extra=extra)
+    evaluation.write_report(metrics, out_dir, title=title, extra=extra, references=references)
     np.savez_compressed(
         os.path.join(out_dir, "predictions.npz"),
         true_instances=np.stack(true_inst),
@@ -115,6 +119,12 @@ def evaluate(
         images, true_inst, pred_inst, os.path.join(out_dir, "overlays"), limit=max_overlays
     )
     return metrics
+
+
+def mean_aji(true_instances, pred_instances) -> float:
+    """Binary AJI (all nuclei of the variant, any class), averaged over the images whose truth has some."""
+    values = [evaluation.aji(t, p) for t, p in zip(true_instances, pred_instances, strict=True) if np.any(t)]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def resize_back(image: np.ndarray) -> np.ndarray:

@@ -3,8 +3,9 @@
 An example is a dict: ``image`` uint8 (256, 256, 3), ``instances`` int32 (256, 256) instance label map,
 ``classes`` uint8 (256, 256) class map (0 background, c + 1 for class c), ``tissue``, ``fold`` and
 ``index`` ints. It comes from the tfds dataset ``pannuke/<variant>`` (built with ``make data``; read by
-random access through ``tfds.data_source``) or, with ``data.builder="synthetic"``, from folds generated
-in memory by :mod:`maskrcnn.synthetic` through the same PanNuke functions.
+random access through ``tfds.data_source``), from an unzipped PanNuke-format fold read directly (a
+split given as a folder path, :class:`FoldSource`) or, with ``data.builder="synthetic"``, from folds
+generated in memory by :mod:`maskrcnn.synthetic`; all go through the same PanNuke functions.
 
 A batch (all numpy, leading axis B) holds:
   image uint8 (B, S, S, 3) with S = ``data.image_size``;
@@ -67,6 +68,43 @@ class SyntheticSource:
         return self._examples[self.keys[i]]
 
 
+class FoldSource:
+    """The examples of one PanNuke-format fold on disk (an unzipped fold folder), as the builder makes them.
+
+    Reads rows on demand; the ``neoplastic`` variant keeps the images holding a neoplastic nucleus, as
+    the tfds builder does. ``fold`` of every example is 0 (not one of the official folds).
+    """
+
+    def __init__(self, path: str, variant: str):
+        if path.endswith(".zip") and os.path.isfile(path):
+            raise ValueError(f"{path} is a zip file: unzip it and pass the folder (unzip {path!r} -d DIR)")
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"no PanNuke-format fold folder at {path}")
+        self.images, self.masks, self.types = pannuke.open_fold(pannuke.fold_files(path))
+        self.variant = variant
+        self.keys = [i for i in range(len(self.masks)) if pannuke.eligible(self.masks[i], variant)]
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        index = self.keys[i]
+        instances, classes = pannuke.instance_and_class_maps(self.masks[index], self.variant)
+        return {
+            "image": np.clip(np.rint(self.images[index]), 0, 255).astype(np.uint8),
+            "instances": instances,
+            "classes": classes,
+            "tissue": pannuke.tissue_index(str(self.types[index])),
+            "fold": 0,
+            "index": index,
+        }
+
+
+def is_fold_path(split: str) -> bool:
+    """Whether a split name is a path to a fold on disk rather than a split of the built dataset."""
+    return os.sep in split or os.path.exists(split)
+
+
 @functools.lru_cache(maxsize=4)
 def _synthetic_pool(variant: str, images_per_fold: int):
     from maskrcnn.synthetic import make_fold
@@ -89,7 +127,13 @@ def _synthetic_pool(variant: str, images_per_fold: int):
 
 
 def open_split(data: DataConfig, split: str):
-    """A random-access sequence (``len`` and ``[i]``) of the examples of ``split``."""
+    """A random-access sequence (``len`` and ``[i]``) of the examples of ``split``.
+
+    ``split``: a split of the built dataset (``paper_test``, ``fold3``, ``fold1+fold2``, ...) or the path
+    of an unzipped PanNuke-format fold folder (read directly, whatever ``data.builder`` says).
+    """
+    if is_fold_path(split):
+        return FoldSource(split, data.variant)
     if data.builder == "synthetic":
         return SyntheticSource(data.variant, split, getattr(data, "synthetic_images_per_fold", 24))
     if data.builder != "pannuke":

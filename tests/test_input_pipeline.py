@@ -267,3 +267,40 @@ def test_reads_the_built_tfds_dataset(tmp_path):
     assert batch["fold"].tolist() == [2, 2] and sorted(batch["index"].tolist()) == [0, 2]
     assert batch["valid"].any() and batch["instances"].max() > 0
     assert next(ip.make_train_iterator(config, epoch=0))["image"].shape == (2, 128, 128, 3)
+
+
+@pytest.mark.parametrize("variant", ["neoplastic", "all_classes"])
+def test_a_fold_folder_is_read_directly_as_the_builder_would(tmp_path, variant):
+    from maskrcnn.synthetic import write_folds
+
+    write_folds(str(tmp_path), 6, seed=3)
+    folder = str(tmp_path / "Fold 2")
+    masks = np.load(tmp_path / "Fold 2" / "masks" / "fold2" / "masks.npy")
+    images = np.load(tmp_path / "Fold 2" / "images" / "fold2" / "images.npy")
+    types = np.load(tmp_path / "Fold 2" / "images" / "fold2" / "types.npy")
+    data = dataclasses.replace(load_config("tiny").data, variant=variant, builder="pannuke")
+    source = ip.open_split(data, folder)
+    assert isinstance(source, ip.FoldSource)
+    expected = [i for i in range(6) if pannuke.eligible(masks[i], variant)]
+    assert [source[k]["index"] for k in range(len(source))] == expected
+    for k, i in enumerate(expected):
+        instances, classes = pannuke.instance_and_class_maps(masks[i], variant)
+        example = source[k]
+        np.testing.assert_array_equal(example["instances"], instances)
+        np.testing.assert_array_equal(example["classes"], classes)
+        np.testing.assert_array_equal(example["image"], np.rint(images[i]).astype(np.uint8))
+        assert example["tissue"] == pannuke.tissue_index(str(types[i]))
+    base = load_config("tiny")
+    model = dataclasses.replace(base.model, num_classes=data.num_classes)
+    config = dataclasses.replace(base, data=data, model=model)
+    batches = list(ip.make_eval_iterator(config, folder))
+    assert sum(int(b["example_valid"].sum()) for b in batches) == len(expected)
+
+
+def test_a_zipped_or_missing_fold_folder_is_explained(tmp_path):
+    data = load_config("tiny").data
+    (tmp_path / "fold_3.zip").write_bytes(b"PK")
+    with pytest.raises(ValueError, match="unzip it"):
+        ip.open_split(data, str(tmp_path / "fold_3.zip"))
+    with pytest.raises(FileNotFoundError, match="no PanNuke-format fold folder"):
+        ip.open_split(data, str(tmp_path / "nowhere"))

@@ -82,6 +82,31 @@ def tissue_table(
     return "\n".join(lines) + "\n"
 
 
+def read_references(path: str) -> dict[str, dict[str, float]]:
+    """Published figures to set beside ours, from a CSV file: a ``tissue`` column, then one column per
+    source (its header names it), one row per tissue and optionally a ``mean`` row; empty cells are
+    left out. Returns column -> {tissue: bPQ}, the ``references`` of :func:`write_report`.
+
+    Raises:
+      ValueError naming the file and the cell that is not a number, or a missing ``tissue`` column.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "tissue" not in rows[0]:
+        raise ValueError(f"{path}: expected a CSV file whose first column is 'tissue', then one per source")
+    out: dict[str, dict[str, float]] = {name: {} for name in rows[0] if name != "tissue"}
+    for line, row in enumerate(rows, start=2):
+        for name in out:
+            cell = (row.get(name) or "").strip()
+            if not cell:
+                continue
+            try:
+                out[name][row["tissue"].strip()] = float(cell)
+            except ValueError:
+                raise ValueError(f"{path}, line {line}, column {name!r}: {cell!r} is not a number") from None
+    return out
+
+
 def _jsonable(value):
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}

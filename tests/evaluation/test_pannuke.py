@@ -248,6 +248,25 @@ def test_report_files(tmp_path):
     assert tissue_table(result).count("\n") > 10 and set(result["per_tissue"]) <= set(PANNUKE_TISSUES)
 
 
+def test_references_csv_round_trip_and_errors(tmp_path):
+    from maskrcnn.evaluation import read_references
+
+    path = tmp_path / "refs.csv"
+    path.write_text("tissue,PanNuke Mask R-CNN,seed paper\nKidney,0.5,\nmean,0.6,0.65\n")
+    refs = read_references(str(path))
+    assert refs == {"PanNuke Mask R-CNN": {"Kidney": 0.5, "mean": 0.6}, "seed paper": {"mean": 0.65}}
+    rng = np.random.default_rng(1)
+    true, pred = random_masks(rng, 2)
+    text = tissue_table(pannuke_metrics(true, pred, ["Kidney", "Lung"]), references=refs)
+    assert "| bPQ PanNuke Mask R-CNN | bPQ seed paper |" in text and "| 0.5000 | - |" in text
+    path.write_text("tissue,x\nKidney,high\n")
+    with pytest.raises(ValueError, match="line 2, column 'x': 'high' is not a number"):
+        read_references(str(path))
+    path.write_text("organ,x\nKidney,0.5\n")
+    with pytest.raises(ValueError, match="first column is 'tissue'"):
+        read_references(str(path))
+
+
 def test_overlay_pictures(tmp_path):
     from PIL import Image
 
