@@ -11,13 +11,14 @@ WORKDIR ?= runs/$(CONFIG)
 EPOCHS ?=
 SPLIT ?= paper_test
 INPUT ?=
+DATA ?=
 OUT ?= predictions
 ARGS ?=
 
 STAMP := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA))
 
 .PHONY: install test test-all lint demo data train train-heads train-all evaluate predict \
-        bench bench-ops bench-evaluation bench-input bench-model clean
+        bench bench-ops bench-evaluation bench-input bench-model bench-learning clean
 
 install: $(STAMP)
 
@@ -59,7 +60,7 @@ train-all: install
 	$(TRAIN) --stage all
 
 evaluate: install
-	$(VENV)/bin/maskrcnn evaluate --workdir $(WORKDIR) --split $(SPLIT) --data-dir $(DATA_DIR) $(ARGS)
+	$(VENV)/bin/maskrcnn evaluate --workdir $(WORKDIR) --split "$(SPLIT)" --data-dir $(DATA_DIR) $(ARGS)
 
 # Segment your own images: make predict INPUT=slides/ (PNG, JPEG or TIFF of any size).
 predict: install
@@ -79,6 +80,12 @@ bench-input: install
 
 bench-model: install
 	$(PY) experiments/bench_model.py
+
+# Not part of `make bench`: ~35 CPU minutes on real tiles that may not be shared, so DATA is given by hand.
+# DATA: the consep_train folder (consep_train.npz, make_pannuke_fold.py). Scratch files go to runs/learning.
+bench-learning: install
+	@test -n "$(DATA)" || { echo "usage: make bench-learning DATA=/path/to/consep_train"; exit 2; }
+	$(PY) experiments/bench_learning.py --data "$(DATA)" $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
