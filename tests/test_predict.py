@@ -125,3 +125,26 @@ def test_bad_files_are_named(tmp_path):
     ]
     with pytest.raises(FileNotFoundError, match="missing.png"):
         list_inputs([str(tmp_path / "missing.png")])
+
+
+def test_a_checkpoint_from_another_config_is_explained(tmp_path):
+    import dataclasses
+
+    from maskrcnn.config import load_config
+    from maskrcnn.model import build_model
+    from maskrcnn.train.loop import CONFIG_FILE, WEIGHTS_FILE, load_trained
+
+    with pytest.raises(FileNotFoundError, match="is not a training run"):
+        load_trained(str(tmp_path))
+    config = load_config("tiny")
+    model = build_model(config.model, config.data.image_size, mini_masks=True)
+    model.save_weights(str(tmp_path / WEIGHTS_FILE))
+    wider = dataclasses.replace(config, model=dataclasses.replace(config.model, mask_head_width=16))
+    (tmp_path / CONFIG_FILE).write_text(wider.to_json())
+    with pytest.raises(ValueError, match="does not fit the network that .*config.json describes"):
+        load_trained(str(tmp_path))
+    (tmp_path / CONFIG_FILE).write_text(config.to_json())
+    loaded_config, loaded = load_trained(str(tmp_path))
+    assert loaded_config == config
+    for a, b in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -292,10 +292,18 @@ def train(
 
 
 def load_trained(workdir: str) -> tuple[Config, MaskRCNN]:
-    """The config and model saved by :func:`train` in ``workdir``."""
+    """The config and model saved by :func:`train` in ``workdir``.
+
+    Raises:
+      FileNotFoundError if ``workdir`` lacks the config or the weights; ValueError if the weights do not fit
+      the network the config describes (weights of another run, or a config edited after training).
+    """
     from maskrcnn.config import config_from_dict
 
-    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    config_path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run (make train)")
+    with open(config_path) as f:
         config = config_from_dict(json.load(f))
     model = build_model(
         config.model, config.data.image_size, mini_masks=config.data.mini_mask_size is not None
@@ -303,5 +311,13 @@ def load_trained(workdir: str) -> tuple[Config, MaskRCNN]:
     weights = os.path.join(workdir, WEIGHTS_FILE)
     if not os.path.exists(weights):
         raise FileNotFoundError(f"{weights} not found: train a model into {workdir} first (make train)")
-    model.load_weights(weights)
+    try:
+        model.load_weights(weights)
+    except ValueError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"{weights} does not fit the network that {config_path} describes ({first}). The weights come "
+            "from a run with another config, or the config was edited after training: use the workdir of "
+            "the run that made these weights, with its own config.json."
+        ) from error
     return config, model
