@@ -26,7 +26,9 @@ class DataConfig:
     """Where the examples come from and how they are turned into fixed-shape batches."""
 
     builder: str = "pannuke"  # "pannuke" (the tfds dataset) or "synthetic" (generated in memory)
-    variant: str = "neoplastic"  # tfds config: "neoplastic" (the paper) or "all_classes"
+    # "neoplastic" (the paper: neoplastic nuclei only), "all_classes" (five classes) or "nuclei" (every
+    # nucleus as one class: a binary detector, read from the all_classes dataset)
+    variant: str = "neoplastic"
     data_dir: str | None = None  # tfds data_dir; None uses tfds' default (~/tensorflow_datasets)
     train_split: str = "paper_train"
     val_split: str = "paper_validation"
@@ -44,7 +46,11 @@ class DataConfig:
             return PANNUKE_CLASSES[:1]
         if self.variant == "all_classes":
             return PANNUKE_CLASSES
-        raise ValueError(f"data.variant must be 'neoplastic' or 'all_classes', got {self.variant!r}")
+        if self.variant == "nuclei":
+            return ("nucleus",)
+        raise ValueError(
+            f"data.variant must be 'neoplastic', 'all_classes' or 'nuclei', got {self.variant!r}"
+        )
 
     @property
     def num_classes(self) -> int:

@@ -140,9 +140,9 @@ def open_split(data: DataConfig, split: str):
         raise ValueError(f"data.builder must be 'pannuke' or 'synthetic', got {data.builder!r}")
     import tensorflow_datasets as tfds  # reads the prepared files; the builder's code is not needed
 
-    name = f"pannuke/{data.variant}"
+    name = f"pannuke/{pannuke.dataset_config(data.variant)}"
     try:
-        return tfds.data_source(name, split=split, data_dir=data.data_dir)
+        source = tfds.data_source(name, split=split, data_dir=data.data_dir)
     except Exception as error:  # tfds raises several types for a dataset that was not built
         where = data.data_dir or "~/tensorflow_datasets"
         raise FileNotFoundError(
@@ -151,6 +151,20 @@ def open_split(data: DataConfig, split: str):
             "data/pannuke --manual_dir <folder> --data_dir <data_dir>`), or set data.builder=synthetic to "
             "try the pipeline on generated data."
         ) from error
+    return _MergedClasses(source) if data.variant == "nuclei" else source
+
+
+class _MergedClasses:
+    """A source of all_classes examples seen with every nucleus in class 1 (the "nuclei" variant)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        return pannuke.merge_classes(self.source[i])
 
 
 # --------------------------------------------------------------------------------------- geometry

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,9 @@ FILES = ("images.npy", "masks.npy", "types.npy")
 # The seed paper's test set size; drawn without replacement here (its code drew with replacement).
 PAPER_TEST_IMAGES = 490
 PAPER_SPLIT_SEED = 20240607  # fixed, so that everyone gets the same leak-free paper_* splits
-VARIANTS = ("neoplastic", "all_classes")
+# The tfds dataset has the first two as configs; "nuclei" (every nucleus as one class, for a binary
+# detector) reads the all_classes dataset and merges the classes as it loads (see dataset_config).
+VARIANTS = ("neoplastic", "all_classes", "nuclei")
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -78,11 +81,12 @@ class NpyRows:
     """Reads the rows of a large .npy file one at a time (PanNuke's masks.npy is 8 GB a fold).
 
     Seeks to each row instead of loading or memory-mapping the file, so it also works on file objects
-    that cannot be memory-mapped (``tf.io.gfile``, which tfds builders are expected to use).
+    that cannot be memory-mapped (``tf.io.gfile``, which tfds builders are expected to use). Safe to read
+    from several threads (the evaluation's loader does): a lock keeps each seek with its read.
     """
 
     def __init__(self, path: str, opener=open):
-        self.path, self._file = path, opener(path, "rb")
+        self.path, self._file, self._lock = path, opener(path, "rb"), threading.Lock()
         fmt = np.lib.format
         try:
             version = fmt.read_magic(self._file)
@@ -111,8 +115,10 @@ class NpyRows:
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
             raise IndexError(f"row {i} out of range for {self.path} with {len(self)} rows")
-        self._file.seek(self._offset + i * self._row_bytes)
-        return np.frombuffer(self._file.read(self._row_bytes), self.dtype).reshape(self.shape[1:])
+        with self._lock:
+            self._file.seek(self._offset + i * self._row_bytes)
+            row = self._file.read(self._row_bytes)
+        return np.frombuffer(row, self.dtype).reshape(self.shape[1:])
 
 
 def open_fold(paths: dict[str, str], opener=open, size: int | None = 256):
@@ -169,7 +175,8 @@ def instance_and_class_maps(mask: np.ndarray, variant: str = "all_classes") -> t
     nucleus, that nucleus gets a new id above the image's largest.
 
     Args:
-      mask: (H, W, 6) float; variant: "all_classes" keeps the five classes, "neoplastic" only channel 0.
+      mask: (H, W, 6) float; variant: "all_classes" keeps the five classes, "neoplastic" only channel 0,
+        "nuclei" all five channels as one class.
 
     Returns:
       instances int32 (H, W) (0 background) and classes uint8 (H, W): 0 background, c + 1 for class c
@@ -189,7 +196,7 @@ def instance_and_class_maps(mask: np.ndarray, variant: str = "all_classes") -> t
             channel = np.where(np.isin(channel, clash), renumbered, channel)
             next_id += clash.size
         instances = np.where(on, channel, instances)
-        classes = np.where(on, c + 1, classes).astype(np.uint8)
+        classes = np.where(on, 1 if variant == "nuclei" else c + 1, classes).astype(np.uint8)
     if instances.max(initial=0) > np.iinfo(np.int32).max:
         raise ValueError(f"instance id {instances.max()} does not fit int32")
     return instances.astype(np.int32), classes
@@ -208,9 +215,21 @@ def eligible(mask: np.ndarray, variant: str) -> bool:
     """Whether an image belongs to the variant (neoplastic: it holds at least one neoplastic nucleus)."""
     if variant == "neoplastic":
         return bool(np.any(np.asarray(mask[..., 0]) > 0))
-    if variant == "all_classes":
+    if variant in ("all_classes", "nuclei"):
         return True
     raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def dataset_config(variant: str) -> str:
+    """The tfds builder config that holds a variant's images ("nuclei" merges all_classes' classes)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return "all_classes" if variant == "nuclei" else variant
+
+
+def merge_classes(example: dict) -> dict:
+    """An all_classes example with every nucleus in class 1 (the "nuclei" variant)."""
+    return {**example, "classes": (np.asarray(example["classes"]) > 0).astype(np.uint8)}
 
 
 def tissue_index(name: str) -> int:

@@ -269,6 +269,23 @@ def test_reads_the_built_tfds_dataset(tmp_path):
     assert next(ip.make_train_iterator(config, epoch=0))["image"].shape == (2, 128, 128, 3)
 
 
+def test_the_nuclei_variant_reads_all_classes_with_one_class(tmp_path):
+    from data.pannuke import Builder
+
+    manual = __import__("data.pannuke", fromlist=["x"]).__path__[0] + "/dummy_data"
+    Builder(config="all_classes", data_dir=str(tmp_path)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual)
+    )
+    data = dataclasses.replace(load_config("tiny").data, data_dir=str(tmp_path))
+    five = ip.open_split(dataclasses.replace(data, variant="all_classes"), "fold1")
+    one = ip.open_split(dataclasses.replace(data, variant="nuclei"), "fold1")
+    assert len(one) == len(five) > 0
+    for i in range(len(one)):
+        np.testing.assert_array_equal(one[i]["instances"], five[i]["instances"])
+        np.testing.assert_array_equal(one[i]["classes"], (five[i]["classes"] > 0).astype(np.uint8))
+    assert max(int(five[i]["classes"].max()) for i in range(len(five))) > 1
+
+
 @pytest.mark.parametrize("variant", ["neoplastic", "all_classes"])
 def test_a_fold_folder_is_read_directly_as_the_builder_would(tmp_path, variant):
     from maskrcnn.synthetic import write_folds

@@ -1,3 +1,4 @@
+import concurrent.futures
 import os
 import zipfile
 
@@ -43,6 +44,19 @@ def test_rows_are_read_like_np_load(tmp_path):
         masks[2]
 
 
+def test_rows_read_from_many_threads_are_the_right_rows(tmp_path):
+    # The evaluation loader reads a fold folder from a thread pool; an unguarded seek + read on the one
+    # shared file object handed threads each other's rows (a corrupted ground truth, found in the wild).
+    rows = np.random.default_rng(0).integers(0, 1000, (24, 128, 128, 6)).astype(np.float64)
+    path = str(tmp_path / "masks.npy")
+    np.save(path, rows)
+    reader = pannuke.NpyRows(path)
+    order = np.random.default_rng(1).integers(0, len(rows), 400)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        read = list(pool.map(reader.__getitem__, order))
+    assert all(np.array_equal(r, rows[i]) for r, i in zip(read, order, strict=True))
+
+
 def test_instance_map_keeps_ids_and_separates_reused_ones():
     mask = np.zeros((8, 8, 6))
     mask[0:2, 0:2, 0] = 70000.0  # an id above 65535
@@ -55,6 +69,16 @@ def test_instance_map_keeps_ids_and_separates_reused_ones():
     neo, neo_classes = pannuke.instance_and_class_maps(mask, "neoplastic")
     np.testing.assert_array_equal(np.unique(neo), [0, 70000])
     assert set(np.unique(neo_classes)) == {0, 1}
+    nuclei, nuclei_classes = pannuke.instance_and_class_maps(mask, "nuclei")
+    np.testing.assert_array_equal(nuclei, instances)  # every nucleus, one class
+    np.testing.assert_array_equal(nuclei_classes, (instances > 0).astype(np.uint8))
+    merged = pannuke.merge_classes({"classes": classes, "tissue": 3})
+    np.testing.assert_array_equal(merged["classes"], nuclei_classes)
+    assert merged["tissue"] == 3 and pannuke.eligible(np.zeros((8, 8, 6)), "nuclei")
+    configs = [pannuke.dataset_config(v) for v in pannuke.VARIANTS]
+    assert configs == ["neoplastic", "all_classes", "all_classes"]
+    with pytest.raises(ValueError, match="variant must be one of"):
+        pannuke.dataset_config("binary")
     # And back to PanNuke's channels.
     back = pannuke.pannuke_masks(instances, classes)
     np.testing.assert_array_equal(back[..., 0], mask[..., 0])
