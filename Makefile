@@ -47,7 +47,7 @@ data: install
 	$(VENV)/bin/tfds build data/pannuke --manual_dir $(MANUAL_DIR) --data_dir $(DATA_DIR) --file_format array_record
 
 TRAIN := $(VENV)/bin/maskrcnn train --config $(CONFIG) --data-dir $(DATA_DIR) --workdir $(WORKDIR) \
-         $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+         $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(INIT),--init $(INIT)) $(ARGS)
 
 # The paper's two stages (heads, then all layers); resume a killed run with ARGS=--resume.
 train: install

@@ -15,6 +15,8 @@ def _config_from_args(args, extra=()):
     overrides = [*extra, *(args.set or [])]
     if getattr(args, "data_dir", None):
         overrides.append(f"data.data_dir={args.data_dir!r}")
+    if getattr(args, "init", None):
+        overrides.append(f"train.init={None if args.init == 'none' else args.init!r}")
     config = apply_overrides(config, overrides)
     if getattr(args, "epochs", None):
         stages = tuple(dataclasses.replace(s, epochs=args.epochs) for s in config.train.stages)
@@ -143,6 +145,11 @@ def main(argv=None):
     p.add_argument("--stage", action="append", help="run only this stage (heads, all, ...); repeatable")
     p.add_argument("--epochs", type=int, help="epochs of every stage (overrides the config)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
+    p.add_argument(
+        "--init",
+        help="initial weights (sets train.init): 'imagenet' (keras.applications' ResNet), an .h5 file "
+        "(Matterport's mask_rcnn_coco.h5, or keras.applications' ResNet weights), or 'none' (random)",
+    )
     p.add_argument("--no-validation", action="store_true", help="skip the per-epoch validation loss")
     p.add_argument(
         "--distributed", action="store_true", help="multi-host job: jax.distributed.initialize() first"

@@ -64,6 +64,9 @@ class ModelConfig:
 
     backbone: str = "resnet101"  # a key of maskrcnn.model.backbone.BACKBONES
     backbone_width: int = 64  # channels of the stem; the tiny variant narrows it
+    # "keras" (keras.applications' ResNet, for its ImageNet weights) or "matterport" (Matterport's ResNet,
+    # for its COCO weights): batch-norm epsilon and stem max-pool padding (maskrcnn.model.backbone)
+    backbone_style: str = "keras"
     # Batch norm in inference mode everywhere (gamma and beta still train), as Matterport's TRAIN_BN=False
     # that the seed paper used: batches of a few images give poor batch statistics.
     train_bn: bool = False
@@ -122,6 +125,10 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 10
     mixed_precision: bool = False  # bf16 compute for GPUs; losses stay float32
     seed: int = 0
+    # Initial weights (maskrcnn.model.pretrained): None (random), "imagenet" (keras.applications' ResNet,
+    # downloaded by Keras), or the path of an .h5 file: Matterport's (mask_rcnn_coco.h5) or
+    # keras.applications' ResNet weights. Not applied when training resumes from a checkpoint.
+    init: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,9 @@
 Nuclei in PanNuke are about 6-40 px across at 40x, so anchors start at 8 px (one scale per level,
 8-128) and the image is not upscaled. Dense tumour patches hold a few hundred nuclei: 256 ground-truth
 and detection slots. Ground-truth boxes join the proposals so the heads train while the RPN is young.
+Matterport's COCO weights are ResNet101's, so this ResNet50 starts from keras.applications' ImageNet
+weights instead (downloaded by Keras; offline, pass the file: README, Transfer learning), which want
+keras.applications' ResNet and caffe-style input (BGR minus the ImageNet mean).
 
     make train CONFIG=fast
 """
@@ -21,6 +24,9 @@ def get_config():
         model=dataclasses.replace(
             base.model,
             backbone="resnet50",
+            backbone_style="keras",
+            bgr=True,
+            pixel_mean=(123.68, 116.779, 103.939),  # keras.applications' caffe mean, in RGB order
             anchor_scales=(8, 16, 32, 64, 128),
             rpn_nms_threshold=0.7,
             pre_nms_limit=3000,
@@ -32,5 +38,5 @@ def get_config():
             detection_max_instances=256,
             mask_head_width=128,
         ),
-        train=dataclasses.replace(base.train, batch_size=4),
+        train=dataclasses.replace(base.train, batch_size=4, init="imagenet"),
     )

@@ -1,11 +1,13 @@
 """A CPU-sized Mask R-CNN for tests and the demo: a one-block-per-stage ResNet, narrow heads, 128 px.
 
+Trained from random weights (no pretrained file fits it), on RGB input minus Matterport's mean pixel.
+
 make train CONFIG=tiny
 """
 
 import dataclasses
 
-from maskrcnn.config import StageConfig, load_config
+from maskrcnn.config import ModelConfig, StageConfig, load_config
 
 
 def get_config():
@@ -17,6 +19,8 @@ def get_config():
         model=dataclasses.replace(
             base.model,
             backbone="tiny",
+            bgr=False,
+            pixel_mean=ModelConfig.pixel_mean,
             backbone_width=8,
             fpn_channels=32,
             anchor_scales=(4, 8, 16, 32, 64),
@@ -32,6 +36,7 @@ def get_config():
         train=dataclasses.replace(
             base.train,
             batch_size=2,
+            init=None,
             stages=(StageConfig("all", "all", epochs=2, learning_rate=1e-2),),
         ),
     )

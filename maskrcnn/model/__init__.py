@@ -4,6 +4,7 @@ from maskrcnn.model.backbone import BACKBONES, build_resnet, load_keras_applicat
 from maskrcnn.model.fpn import FPN
 from maskrcnn.model.heads import BoxHead, MaskHead, RPNHead
 from maskrcnn.model.maskrcnn import LOSS_NAMES, MaskRCNN, build_model, detections_to_label_maps
+from maskrcnn.model.pretrained import initialize
 
 __all__ = [
     "BACKBONES",
@@ -16,5 +17,6 @@ __all__ = [
     "build_model",
     "build_resnet",
     "detections_to_label_maps",
+    "initialize",
     "load_keras_applications_weights",
 ]

@@ -3,6 +3,18 @@
 Layer names and weight shapes are those of ``keras.applications.ResNet50/101`` (``conv1_conv``,
 ``conv2_block1_1_conv``, ``conv4_block23_3_bn`` ...), so ImageNet weights load by layer name
 (:func:`load_keras_applications_weights`). A variant is a table entry: blocks per stage and the stem width.
+
+Two styles differ in two details that change what the same weights compute (``style``):
+
+- ``"keras"``: keras.applications' ResNet: batch-norm epsilon 1.001e-5, the stem's 3x3 max-pool after an
+  explicit one-pixel zero padding (a window on each side).
+- ``"matterport"``: Matterport's ``resnet_graph``, which its COCO weights were trained with: Keras' default
+  batch-norm epsilon 1e-3 and a max-pool with ``padding="same"`` (on an even map: no padding before, one
+  row and column after, so its windows sit one pixel later than keras.applications').
+
+Everything else (bottlenecks with the stride on the first 1x1 convolution, biases on every convolution,
+23 blocks in ResNet101's conv4) is the same in both; only the layer names differ, and
+:mod:`maskrcnn.model.pretrained` maps them.
 """
 
 from __future__ import annotations
@@ -17,8 +29,8 @@ BACKBONES: dict[str, tuple[int, int, int, int]] = {
     "tiny": (1, 1, 1, 1),
 }
 
-# keras.applications' batch-norm epsilon; Matterport's ResNet uses Keras' default 1e-3 (see issue 9).
-KERAS_BN_EPSILON = 1.001e-5
+# Batch-norm epsilon of each style: keras.applications' ResNet, and Keras' default in Matterport's.
+BN_EPSILON = {"keras": 1.001e-5, "matterport": 1e-3}
 
 
 def _bottleneck(x, filters, *, stride, shortcut_conv, name, bn_epsilon):
@@ -44,7 +56,7 @@ def build_resnet(
     name: str = "resnet101",
     *,
     width: int = 64,
-    bn_epsilon: float = KERAS_BN_EPSILON,
+    style: str = "keras",
     input_channels: int = 3,
     dtype=None,
 ) -> keras.Model:
@@ -54,7 +66,7 @@ def build_resnet(
       name: a key of :data:`BACKBONES`.
       width: channels of the stem and of the first stage's bottleneck (64 for the real networks);
         stage ``i`` (0-based) has ``width * 2**i`` bottleneck channels and ``4 * width * 2**i`` outputs.
-      bn_epsilon: batch-norm epsilon.
+      style: ``"keras"`` (keras.applications' ResNet) or ``"matterport"`` (Matterport's; see above).
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping float images (B, H, W, 3), already normalised,
@@ -62,14 +74,20 @@ def build_resnet(
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
+    if style not in BN_EPSILON:
+        raise ValueError(f"unknown backbone style {style!r}; expected one of {sorted(BN_EPSILON)}")
     blocks = BACKBONES[name]
+    bn_epsilon = BN_EPSILON[style]
     inputs = keras.Input((None, None, input_channels), name="image", dtype=dtype)
     x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = layers.Conv2D(width, 7, strides=2, name="conv1_conv")(x)
     x = layers.BatchNormalization(epsilon=bn_epsilon, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
-    x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
-    x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    if style == "keras":
+        x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+        x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    else:
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool")(x)
     outputs = []
     for stage, num_blocks in enumerate(blocks):
         filters = width * 2**stage

@@ -47,7 +47,9 @@ class MaskRCNN(keras.Model):
         super().__init__(**kwargs)
         self.config = config
         self.mini_masks = mini_masks
-        self.backbone = backbone or build_resnet(config.backbone, width=config.backbone_width)
+        self.backbone = backbone or build_resnet(
+            config.backbone, width=config.backbone_width, style=config.backbone_style
+        )
         self.fpn = fpn or FPN(config.fpn_channels, name="fpn")
         self.rpn_head = rpn_head or RPNHead(len(config.anchor_ratios), name="rpn")
         self.box_head = box_head or BoxHead(

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from maskrcnn import input_pipeline
 from maskrcnn.config import Config
-from maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model
+from maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model, pretrained
 from maskrcnn.train import checkpoint
 from maskrcnn.train.step import (
     _merge,
@@ -185,7 +185,7 @@ def train(
     Args:
       stages: indices into ``config.train.stages`` to run (default: all, in order).
       resume: continue from the newest checkpoint in ``workdir``.
-      model: start from this model's weights instead of a fresh initialisation.
+      model: start from this model's weights instead of a fresh initialisation (or ``train.init``).
     """
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
@@ -196,6 +196,7 @@ def train(
         keras.config.set_dtype_policy("mixed_bfloat16")
     mesh = data_mesh()
     keras.utils.set_random_seed(tcfg.seed)  # the same seed, the same initial weights and so the same run
+    initialise = model is None and tcfg.init is not None
     if model is None:
         model = build_model(
             config.model, config.data.image_size, mini_masks=config.data.mini_mask_size is not None
@@ -219,6 +220,12 @@ def train(
                 meta = json.load(f)
             start_stage, start_step, restored = int(meta["stage"]), int(meta["step"]), path
             print(f"resume: {path} (stage {start_stage}, step {start_step})")
+            initialise = False  # the checkpoint holds every weight
+    if initialise:
+        report = pretrained.initialize(model, tcfg.init).summary()
+        print(report)
+        with open(os.path.join(workdir, "init.txt"), "w") as f:
+            f.write(report + "\n")
 
     try:
         for s in stages if stages is not None else range(len(tcfg.stages)):
