@@ -82,6 +82,26 @@ def write_keras2_weights(path, groups):
                 group.create_dataset(weight_name, data=value)
 
 
+def test_read_keras2_weights_of_a_whole_model_file_with_split_attributes(tmp_path):
+    """model.save() puts the weights under "model_weights"; Keras 2 splits an attribute over 64 KB into
+    ``layer_names0``, ``layer_names1`` ..."""
+    kernel, bias = np.arange(6.0).reshape(1, 1, 2, 3), np.ones(3)
+    with h5py.File(tmp_path / "whole.h5", "w") as f:
+        f.attrs["model_config"] = b"{}"
+        root = f.create_group("model_weights")
+        root.attrs["layer_names0"] = np.array([b"input_image"])
+        root.attrs["layer_names1"] = np.array([b"fpn_c5p5"])
+        root.create_group("input_image").attrs["weight_names"] = np.array([])
+        group = root.create_group("fpn_c5p5")
+        group.attrs["weight_names"] = np.array([b"fpn_c5p5/kernel:0", b"fpn_c5p5/bias:0"])
+        group.create_dataset("fpn_c5p5/kernel:0", data=kernel)
+        group.create_dataset("fpn_c5p5/bias:0", data=bias)
+    file = read_keras2_weights(str(tmp_path / "whole.h5"))
+    assert list(file) == ["fpn_c5p5"]
+    np.testing.assert_array_equal(file["fpn_c5p5"]["kernel"], kernel)
+    np.testing.assert_array_equal(file["fpn_c5p5"]["bias"], bias)
+
+
 def layer_weights(model):
     """Our layer name -> {weight name: array}, from the variables' paths."""
     out = {}
@@ -122,7 +142,8 @@ def matterport_file(path, model, *, rng, drop=(), replace=None):
 
 
 def randomise(model, seed, variance=(0.5, 1.5)):
-    """Random weights everywhere, batch-norm statistics included, so a mis-mapped tensor shows."""
+    """Random weights everywhere, batch-norm statistics included, so a mis-mapped tensor shows. Kernels
+    are scaled by their fan-in so that deep networks keep finite activations."""
     rng = np.random.default_rng(seed)
     for v in model.weights:
         name = v.path.split("/")[-1]
@@ -130,6 +151,8 @@ def randomise(model, seed, variance=(0.5, 1.5)):
             value = rng.uniform(*variance, v.shape)
         elif name == "gamma":
             value = rng.uniform(0.5, 1.5, v.shape)
+        elif name == "kernel":
+            value = rng.normal(0, 1 / np.sqrt(np.prod(v.shape[:-1])), v.shape)
         else:
             value = rng.normal(0, 0.1, v.shape)
         v.assign(value.astype("float32"))
@@ -251,9 +274,24 @@ def test_matterport_weights_need_the_matterport_backbone_style(tmp_path, source)
         initialize(fresh(keras_style), str(path))
 
 
-def matterports_tiny_resnet(width):
-    """Matterport's resnet_graph written out for one conv_block per stage: Keras' default batch-norm
-    epsilon (its BatchNorm subclasses Keras' without changing it) and a max-pool with padding 'same'."""
+def matterports_resnet(blocks, width):
+    """Matterport's resnet_graph written out: a conv_block ("a", with a shortcut convolution) then
+    identity_blocks ("b", "c", ...) per stage, Keras' default batch-norm epsilon (its BatchNorm subclasses
+    Keras' without changing it) and a stem max-pool with padding 'same'."""
+
+    def bottleneck(x, stage, block, filters, strides):
+        name = f"{stage}{chr(ord('a') + block)}_branch"
+        y = layers.Conv2D(filters, 1, strides=strides, name=f"res{name}2a")(x)
+        y = layers.Activation("relu")(layers.BatchNormalization(epsilon=1e-3, name=f"bn{name}2a")(y))
+        y = layers.Conv2D(filters, 3, padding="same", name=f"res{name}2b")(y)
+        y = layers.Activation("relu")(layers.BatchNormalization(epsilon=1e-3, name=f"bn{name}2b")(y))
+        y = layers.Conv2D(4 * filters, 1, name=f"res{name}2c")(y)
+        y = layers.BatchNormalization(epsilon=1e-3, name=f"bn{name}2c")(y)
+        if block == 0:
+            x = layers.Conv2D(4 * filters, 1, strides=strides, name=f"res{name}1")(x)
+            x = layers.BatchNormalization(epsilon=1e-3, name=f"bn{name}1")(x)
+        return layers.Activation("relu")(layers.Add()([y, x]))
+
     image = keras.Input((None, None, 3))
     x = layers.ZeroPadding2D(3)(image)
     x = layers.Conv2D(width, 7, strides=2, name="conv1")(x)
@@ -261,26 +299,29 @@ def matterports_tiny_resnet(width):
     x = layers.Activation("relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     outputs = []
-    for stage in (2, 3, 4, 5):
-        filters, strides = width * 2 ** (stage - 2), 1 if stage == 2 else 2
-        y = layers.Conv2D(filters, 1, strides=strides, name=f"res{stage}a_branch2a")(x)
-        y = layers.Activation("relu")(layers.BatchNormalization(epsilon=1e-3, name=f"bn{stage}a_branch2a")(y))
-        y = layers.Conv2D(filters, 3, padding="same", name=f"res{stage}a_branch2b")(y)
-        y = layers.Activation("relu")(layers.BatchNormalization(epsilon=1e-3, name=f"bn{stage}a_branch2b")(y))
-        y = layers.Conv2D(4 * filters, 1, name=f"res{stage}a_branch2c")(y)
-        y = layers.BatchNormalization(epsilon=1e-3, name=f"bn{stage}a_branch2c")(y)
-        shortcut = layers.Conv2D(4 * filters, 1, strides=strides, name=f"res{stage}a_branch1")(x)
-        shortcut = layers.BatchNormalization(epsilon=1e-3, name=f"bn{stage}a_branch1")(shortcut)
-        x = layers.Activation("relu")(layers.Add()([y, shortcut]))
+    for stage, count in zip((2, 3, 4, 5), blocks, strict=True):
+        for block in range(count):
+            strides = 2 if block == 0 and stage > 2 else 1
+            x = bottleneck(x, stage, block, width * 2 ** (stage - 2), strides)
         outputs.append(x)
     return keras.Model(image, outputs)
 
 
-def test_a_loaded_backbone_computes_what_matterports_resnet_computes(tmp_path):
-    config = matterport_config()
+@pytest.mark.parametrize(
+    "backbone,width,blocks,variance",
+    [
+        # Variances near the epsilon, so that 1e-3 against keras.applications' 1.001e-5 shows.
+        ("tiny", 8, (1, 1, 1, 1), (1e-3, 1e-2)),
+        # The real shapes and names (blocks "a" to "w" in conv4); variances that keep 33 blocks finite.
+        ("resnet101", 64, (3, 4, 23, 3), (0.5, 1.5)),
+    ],
+)
+def test_a_loaded_backbone_computes_what_matterports_resnet_computes(
+    tmp_path, backbone, width, blocks, variance
+):
+    config = matterport_config(backbone=backbone, backbone_width=width)
     keras.utils.set_random_seed(5)
-    # Variances near the epsilon, so that 1e-3 against keras.applications' 1.001e-5 shows in the outputs.
-    reference = randomise(matterports_tiny_resnet(config.model.backbone_width), seed=5, variance=(1e-3, 1e-2))
+    reference = randomise(matterports_resnet(blocks, width), seed=5, variance=variance)
     path = tmp_path / "resnet_only.h5"
     groups = [
         (lay.name, keras2_weights(lay.name, layer_weights(lay).get(lay.name, {}))) for lay in reference.layers
@@ -288,7 +329,7 @@ def test_a_loaded_backbone_computes_what_matterports_resnet_computes(tmp_path):
     write_keras2_weights(path, groups)
     target = fresh(config)
     report = initialize(target, str(path))
-    assert report.loaded == {"backbone": 34}
+    assert report.loaded == {"backbone": sum(1 for lay in reference.layers if lay.weights)}
     assert report.uninitialised == ["fpn", "rpn", "box head", "mask head"]
     x = np.random.default_rng(6).normal(0, 50, (2, 64, 64, 3)).astype("float32")
     for got, want in zip(target.backbone(x), reference(x), strict=True):
@@ -296,7 +337,7 @@ def test_a_loaded_backbone_computes_what_matterports_resnet_computes(tmp_path):
         assert want.std() > 0.1
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4 * want.std())
     # The same weights in keras.applications' ResNet compute something else: the style matters.
-    keras_style = build_resnet("tiny", width=config.model.backbone_width, style="keras")
+    keras_style = build_resnet(backbone, width=width, style="keras")
     keras_style.set_weights(target.backbone.get_weights())
     assert np.abs(np.asarray(keras_style(x)[0]) - np.asarray(reference(x)[0])).max() > 1e-2
 
