@@ -67,8 +67,9 @@ def build(folds_dir: str, data_dir: str, variant: str) -> None:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=folds_dir))
 
 
-def train_curves(log_csv: str, out_png: str, title: str) -> None:
-    """Per-epoch means of the training loss and its parts (log scale), from the run's log.csv."""
+def train_curves(log_csv: str, out_png: str, title: str) -> list[float]:
+    """Plots per-epoch means of the training loss and its parts (log scale) from the run's log.csv;
+    returns the per-epoch means of the total loss."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,6 +92,7 @@ def train_curves(log_csv: str, out_png: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)
+    return means["loss"]
 
 
 def anchor_coverage(config, sources) -> dict:
@@ -352,15 +354,9 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     curves = os.path.splitext(os.path.abspath(args.out))[0] + "_curves.png"
     stage = config.train.stages[0]
-    train_curves(
+    epoch_loss = train_curves(
         os.path.join(workdir, "log.csv"), curves, f"{config.name}: {stage.epochs} epochs on folds 1+2"
     )
-    with open(os.path.join(workdir, "log.csv")) as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
-    epoch_loss = [
-        np.mean([float(r["loss"]) for r in rows if int(r["epoch"]) == e])
-        for e in sorted({int(r["epoch"]) for r in rows})
-    ]
     bn = "batch-norm statistics trained" if config.model.train_bn else "batch norm frozen"
     info = {
         "command": "make bench-learning DATA=" + os.path.abspath(args.data),

@@ -1,4 +1,5 @@
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -253,13 +254,19 @@ def test_unknown_split_and_unbuilt_dataset_are_explained(tmp_path):
         ip.open_split(data, "fold1")
 
 
-def test_reads_the_built_tfds_dataset(tmp_path):
+def build_dummy_data(variant, data_dir):
+    """Builds the tfds builder's dummy_data folds (data/pannuke/dummy_data) into ``data_dir``."""
+    import data.pannuke
     from data.pannuke import Builder
 
-    manual = __import__("data.pannuke", fromlist=["x"]).__path__[0] + "/dummy_data"
-    Builder(config="neoplastic", data_dir=str(tmp_path)).download_and_prepare(
+    manual = os.path.join(data.pannuke.__path__[0], "dummy_data")
+    Builder(config=variant, data_dir=str(data_dir)).download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual)
     )
+
+
+def test_reads_the_built_tfds_dataset(tmp_path):
+    build_dummy_data("neoplastic", tmp_path)
     config = load_config("tiny")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=str(tmp_path)))
     batch = next(ip.make_eval_iterator(config, "fold2"))
@@ -270,12 +277,7 @@ def test_reads_the_built_tfds_dataset(tmp_path):
 
 
 def test_the_nuclei_variant_reads_all_classes_with_one_class(tmp_path):
-    from data.pannuke import Builder
-
-    manual = __import__("data.pannuke", fromlist=["x"]).__path__[0] + "/dummy_data"
-    Builder(config="all_classes", data_dir=str(tmp_path)).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual)
-    )
+    build_dummy_data("all_classes", tmp_path)
     data = dataclasses.replace(load_config("tiny").data, data_dir=str(tmp_path))
     five = ip.open_split(dataclasses.replace(data, variant="all_classes"), "fold1")
     one = ip.open_split(dataclasses.replace(data, variant="nuclei"), "fold1")

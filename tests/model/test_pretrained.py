@@ -111,10 +111,10 @@ def layer_weights(model):
     return out
 
 
-def keras2_weights(layer, weights, prefix=None):
+def keras2_weights(layer, weights):
     # Keras 2 names a layer's weights "<layer>/<weight>:0"; the order is kernel, bias or gamma, beta,
     # moving_mean, moving_variance, as our variables.
-    return [(f"{prefix or layer}/{name}:0", value) for name, value in weights.items()]
+    return [(f"{layer}/{name}:0", value) for name, value in weights.items()]
 
 
 def matterport_file(path, model, *, rng, drop=(), replace=None):
