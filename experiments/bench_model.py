@@ -45,8 +45,8 @@ def measure(preset: str) -> dict:
     config = load_config(preset)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, builder="synthetic"))
     size, batch_size = config.data.image_size, config.train.batch_size
-    keys = ("image", "boxes", "classes", "masks", "valid")
-    batch = {k: v for k, v in next(input_pipeline.make_train_iterator(config, epoch=0)).items() if k in keys}
+    batch = next(input_pipeline.make_train_iterator(config, epoch=0))
+    batch = {k: batch[k] for k in input_pipeline.MODEL_INPUTS}
     model = build_model(config.model, size, mini_masks=config.data.mini_mask_size is not None)
     mask = trainable_mask(model, "all")
     schedule = learning_rate_schedule(StageConfig("all", "all", 1, 1e-3), 1)

@@ -1,4 +1,4 @@
-"""Command line: ``maskrcnn train | ...`` (see ``maskrcnn <command> --help``)."""
+"""Command line: ``maskrcnn train | evaluate | predict | anchors | demo`` (``maskrcnn <command> --help``)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,24 @@ def cmd_predict(args):
         print(f"{len(failed)} file(s) could not be read: " + ", ".join(failed))
         return 1
     return 0
+
+
+def cmd_anchors(args):
+    from maskrcnn.diagnostics import anchor_coverage, format_coverage
+
+    config = _config_from_args(args)
+    m = config.model
+    label = (
+        f"{config.name}: scales {m.anchor_scales} x octaves {tuple(round(o, 3) for o in m.anchor_octaves)}, "
+        f"{m.rpn_assignment}"
+        + (
+            f" {m.rpn_positive_iou}/{m.rpn_negative_iou}"
+            if m.rpn_assignment == "iou"
+            else f" k={m.atss_topk}"
+        )
+        + f", {config.data.image_size} px"
+    )
+    print(format_coverage([(label, anchor_coverage(config, args.split, max_images=args.max_images))]))
 
 
 def cmd_demo(args):
@@ -187,6 +205,16 @@ def main(argv=None):
     p.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring 256 px tiles")
     p.add_argument("--format", choices=("tif", "png", "npy"), default="tif", help="label map file format")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "anchors", help="share of a split's nuclei with a positive RPN anchor, and positives per nucleus"
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--split", required=True, help="a split of the built dataset or a PanNuke-format fold folder"
+    )
+    p.add_argument("--max-images", type=int, help="look at the first N images only")
+    p.set_defaults(func=cmd_anchors)
 
     p = sub.add_parser("demo", help="the whole job on a generated synthetic sample, on the CPU")
     _add_config_args(p)

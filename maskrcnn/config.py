@@ -37,8 +37,15 @@ class DataConfig:
     max_instances: int = 256  # ground-truth slots per image; more are counted and reported, not hidden
     mini_mask_size: int | None = 56  # instance masks stored cropped to their box at this size; None: full
     synthetic_images_per_fold: int = 24  # builder="synthetic": in-memory generated folds of this size
-    augment: bool = True  # flips and rotation, training only
+    augment: bool = True  # flips and rotation (and the colour jitter below, where set), training only
     max_rotation_degrees: float = 10.0  # the seed paper's augmentation: rotation within +-10 degrees
+    # Stain and colour augmentation (maskrcnn.augment.color_jitter), training only; 0 turns each off.
+    # hed_jitter: each haematoxylin-eosin-DAB channel c -> c * U(1 - s, 1 + s) + U(-s, s) (Tellez et al.
+    # 2019, "HED-light" is s = 0.05); brightness, contrast, saturation: factors drawn from U(1 - s, 1 + s).
+    hed_jitter: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -78,9 +85,22 @@ class ModelConfig:
     anchor_scales: tuple[float, ...] = (32, 64, 128, 256, 512)
     anchor_strides: tuple[int, ...] = (4, 8, 16, 32, 64)
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # Each level's scale times each of these (RetinaNet, Lin et al. 2017: (1, 2 ** (1/3), 2 ** (2/3)));
+    # anchors per location = len(anchor_octaves) * len(anchor_ratios).
+    anchor_octaves: tuple[float, ...] = (1.0,)
+    # RPN anchor labels (maskrcnn.targets.assign_anchors). "iou" (Ren et al. 2015): positive at IoU >=
+    # rpn_positive_iou or as a box's best anchor, negative below rpn_negative_iou. "atss" (Zhang et al.
+    # 2020): positive among each box's atss_topk nearest anchors per level above their mean + std IoU.
+    rpn_assignment: str = "iou"
+    rpn_positive_iou: float = 0.7  # Faster R-CNN's RPN thresholds
+    rpn_negative_iou: float = 0.3
+    atss_topk: int = 9  # the ATSS paper's k
     rpn_nms_threshold: float = 0.7
     rpn_train_anchors_per_image: int = 256  # Matterport RPN_TRAIN_ANCHORS_PER_IMAGE
     pre_nms_limit: int = 6000  # Matterport PRE_NMS_LIMIT
+    # True: the pre_nms_limit best anchors of each FPN level, NMS within each level (torchvision,
+    # detectron2); False: the pre_nms_limit best over all levels, one NMS (Matterport).
+    pre_nms_per_level: bool = False
     post_nms_rois_training: int = 2000
     post_nms_rois_inference: int = 1000
     train_rois_per_image: int = 200  # Matterport TRAIN_ROIS_PER_IMAGE
@@ -93,6 +113,8 @@ class ModelConfig:
     box_head_width: int = 1024  # Matterport FPN_CLASSIF_FC_LAYERS_SIZE
     mask_head_width: int = 256
     detection_max_instances: int = 100
+    # Every foreground class of an ROI is a candidate with its own probability (torchvision's
+    # postprocess_detections); candidates below this are dropped.
     detection_min_confidence: float = 0.7
     detection_nms_threshold: float = 0.3
     mask_threshold: float = 0.5

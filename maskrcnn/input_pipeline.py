@@ -15,15 +15,18 @@ A batch (all numpy, leading axis B) holds:
   masks uint8 (B, M, m, m) mini-masks (m = ``data.mini_mask_size``): pixel (u, v) is the instance's mask
     at the centre of cell (u, v) of an m x m grid over its box, i.e. the full mask at row
     ``floor(y1 + (u + 0.5) * (y2 - y1) / m)`` and column likewise; or (B, M, S, S) full masks if m is None;
-  num_truncated int32 (B,) instances beyond M left out (the M largest by area are kept, ties by lower id);
+  num_truncated int32 (B,) instances beyond M left out (a random M are kept in training, a fixed seeded
+    choice otherwise, whatever their size);
+  ignore_boxes float32 (B, M, 4), ignore_valid bool (B, M): the boxes of the left-out instances (the
+    first M of them), which the targets neither train nor teach as background;
   tissue, fold, index int32 (B,); scale float32 (B,) = S / 256.
 Instances are in the order of their ids in the label map. Evaluation batches also hold the original
 ``instances`` int32 (B, 256, 256), ``class_map`` uint8 (B, 256, 256) (with ``instances`` it rebuilds
 PanNuke's (N, 256, 256, 6) masks through :func:`maskrcnn.pannuke.pannuke_masks`) and ``example_valid``
 bool (B,) (False on the padding of the last batch).
 
-Geometry: augmentation (flips, rotation) happens at 256 px, then the image is resized bilinearly (PIL)
-and the label map by nearest pixel centre; boxes and masks always come from the final label map, so an
+Geometry: augmentation (flips, rotation, and colour jitter where the config sets it) happens at 256 px,
+then the image is resized bilinearly (PIL) and the label map by nearest pixel centre; boxes and masks always come from the final label map, so an
 instance that leaves the image or vanishes in a downscale is dropped and every box is exactly the
 bounding box of its mask. Work per example is numpy/PIL (both release the GIL) in a small thread pool.
 """
@@ -40,9 +43,12 @@ from PIL import Image
 from scipy import ndimage
 
 from maskrcnn import pannuke
+from maskrcnn.augment import color_jitter
 from maskrcnn.config import Config, DataConfig
 
 PANNUKE_SIZE = 256
+# The batch entries the model reads (the rest is bookkeeping for evaluation and logging).
+MODEL_INPUTS = ("image", "boxes", "classes", "masks", "valid", "ignore_boxes", "ignore_valid")
 _SYNTHETIC_SEED = 2026
 
 
@@ -243,7 +249,12 @@ def _contiguous(instances: np.ndarray, classes: np.ndarray):
 
 
 def instance_targets(
-    instances, classes, max_instances: int, mini_mask_size: int | None, class_of: np.ndarray | None = None
+    instances,
+    classes,
+    max_instances: int,
+    mini_mask_size: int | None,
+    class_of: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
 ) -> dict:
     """Boxes, classes and (mini-)masks of the instances of one label map, padded to ``max_instances``.
 
@@ -251,28 +262,43 @@ def instance_targets(
       instances: int (S, S) label map (any ids, 0 background); classes: (S, S) class map (c + 1 for
         class c); with ``class_of`` given, ``instances`` must hold labels 0..K and ``class_of`` (K + 1,)
         their classes, and ``classes`` is ignored.
+      rng: picks which instances keep a slot when there are more than ``max_instances``; None: a fixed
+        seeded pick. Either way the pick does not depend on size (keeping the largest would teach the
+        smallest nuclei as background).
 
     Returns:
       dict of boxes float32 (M, 4) yxyx on pixel edges, classes int32 (M,), masks uint8 (M, m, m) or
-      (M, S, S), valid bool (M,), num_truncated int32: instances beyond M left out (the smallest by area;
-      ties: the higher label). Kept instances are in label order.
+      (M, S, S), valid bool (M,), num_truncated int32: instances beyond M left out, ignore_boxes
+      float32 (M, 4) and ignore_valid bool (M,): the first M left-out instances' boxes. Kept instances
+      are in label order.
     """
     if class_of is None:
         instances, class_of = _contiguous(np.asarray(instances), np.asarray(classes))
     count = len(class_of) - 1
     areas = np.bincount(instances.ravel(), minlength=count + 1)[1:]
     present = np.flatnonzero(areas) + 1
-    keep = present
+    keep, dropped = present, present[:0]
     if len(present) > max_instances:
-        keep = np.sort(present[np.argsort(-areas[present - 1], kind="stable")[:max_instances]])
+        pick = (rng if rng is not None else np.random.default_rng(0)).permutation(len(present))
+        keep, dropped = np.sort(present[pick[:max_instances]]), np.sort(present[pick[max_instances:]])
     n = len(keep)
     slices = ndimage.find_objects(instances, max_label=count)
-    edges = np.array([(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in (slices[k - 1] for k in keep)])
+
+    def edges_of(labels):
+        return np.array(
+            [(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in (slices[k - 1] for k in labels)]
+        )
+
+    edges = edges_of(keep)
     boxes = np.zeros((max_instances, 4), np.float32)
     out_classes = np.zeros(max_instances, np.int32)
+    ignore_boxes = np.zeros((max_instances, 4), np.float32)
+    num_ignored = min(len(dropped), max_instances)
     if n:
         boxes[:n] = edges
         out_classes[:n] = class_of[keep]
+    if num_ignored:
+        ignore_boxes[:num_ignored] = edges_of(dropped[:num_ignored])
     if mini_mask_size is None:
         masks = np.zeros((max_instances, *instances.shape), np.uint8)
         masks[:n] = instances[None] == keep[:, None, None]
@@ -292,6 +318,8 @@ def instance_targets(
         "masks": masks,
         "valid": np.arange(max_instances) < n,
         "num_truncated": np.int32(len(present) - n),
+        "ignore_boxes": ignore_boxes,
+        "ignore_valid": np.arange(max_instances) < num_ignored,
     }
 
 
@@ -311,9 +339,19 @@ def prepare(example: dict, data: DataConfig, rng: np.random.Generator | None = N
     labels, class_of = _contiguous(instances, classes)
     if rng is not None and data.augment:
         image, labels, _ = augment(image, labels, None, rng, data.max_rotation_degrees)
+        image = color_jitter(
+            image,
+            rng,
+            hed=data.hed_jitter,
+            brightness=data.brightness,
+            contrast=data.contrast,
+            saturation=data.saturation,
+        )
     scale = data.image_size / image.shape[0]
     image, labels, _ = resize(image, labels, None, data.image_size)
-    targets = instance_targets(labels, None, data.max_instances, data.mini_mask_size, class_of=class_of)
+    targets = instance_targets(
+        labels, None, data.max_instances, data.mini_mask_size, class_of=class_of, rng=rng
+    )
     return {
         "image": image,
         **targets,

@@ -11,6 +11,16 @@ import jax.numpy as jnp
 
 from maskrcnn.ops import BOX_STD, clip_boxes, decode_boxes, nms
 
+# Boxes narrower or shorter than these (in model pixels) are dropped: torchvision's ``remove_small_boxes``
+# with its RPN (1e-3) and ROI-head (1e-2) sizes. Clipping to the image can leave such boxes, which have no
+# area, pool nothing and can never match a nucleus.
+MIN_PROPOSAL_SIZE = 1e-3
+MIN_DETECTION_SIZE = 1e-2
+
+
+def _big_enough(boxes, min_size: float):
+    return ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+
 
 def propose(
     logits,
@@ -21,26 +31,49 @@ def propose(
     pre_nms_limit: int,
     num_proposals: int,
     nms_threshold: float,
+    level_sizes: tuple[int, ...] | None = None,
     std=BOX_STD,
 ):
-    """Region proposals of one image (Matterport's ``ProposalLayer``).
+    """Region proposals of one image.
 
-    Takes the ``pre_nms_limit`` highest-scoring anchors, applies their deltas, clips to the image and
-    keeps ``num_proposals`` boxes by NMS at ``nms_threshold``.
+    Without ``level_sizes`` (Matterport's ``ProposalLayer``): the ``pre_nms_limit`` highest-scoring anchors
+    of all levels, their deltas applied, clipped to the image, ``num_proposals`` kept by NMS at
+    ``nms_threshold``. With ``level_sizes`` (torchvision's and detectron2's RPN): the ``pre_nms_limit``
+    best of each level, NMS within each level, then the ``num_proposals`` best over all. Boxes left
+    without area by the clipping are dropped either way.
 
     Args:
       logits: (A, 2) RPN logits (background, object); deltas: (A, 4); anchors: float32 (A, 4).
+      level_sizes: anchors per FPN level in the order of ``anchors`` (static), for per-level selection.
 
     Returns:
-      boxes float32 (num_proposals, 4), scores float32 (num_proposals,) object probability, valid bool.
+      boxes float32 (num_proposals, 4), scores float32 (num_proposals,) object probability, valid bool,
+      in descending score order.
     """
     anchors = jnp.asarray(anchors, jnp.float32)
     scores = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
-    k = min(pre_nms_limit, scores.shape[0])
-    top_scores, top = jax.lax.top_k(scores, k)
+    if level_sizes is None:
+        top_scores, top = jax.lax.top_k(scores, min(pre_nms_limit, scores.shape[0]))
+        level = jnp.zeros(top.shape, jnp.float32)
+    else:
+        picks, first = [], 0
+        for size in level_sizes:
+            _, idx = jax.lax.top_k(scores[first : first + size], min(pre_nms_limit, size))
+            picks.append(first + idx)
+            first += size
+        top = jnp.concatenate(picks)
+        top_scores = scores[top]
+        level = jnp.concatenate([jnp.full(p.shape, i, jnp.float32) for i, p in enumerate(picks)])
     boxes = decode_boxes(deltas[top].astype(jnp.float32), anchors[top], std=std)
     boxes = clip_boxes(boxes, *image_size)
-    keep, num_valid = nms(boxes, top_scores, iou_threshold=nms_threshold, max_output_size=num_proposals)
+    # Per-level NMS in one call: each level's boxes are shifted far from the others' (as in `detect`).
+    offset = (level * (max(image_size) + 1.0))[:, None]
+    keep, num_valid = nms(
+        boxes + offset,
+        jnp.where(_big_enough(boxes, MIN_PROPOSAL_SIZE), top_scores, -jnp.inf),
+        iou_threshold=nms_threshold,
+        max_output_size=num_proposals,
+    )
     valid = jnp.arange(num_proposals) < num_valid
     safe = jnp.maximum(keep, 0)
     return (
@@ -62,11 +95,14 @@ def detect(
     max_detections: int,
     std=BOX_STD,
 ):
-    """Final detections of one image (Matterport's ``refine_detections_graph``).
+    """Final detections of one image (torchvision's ``postprocess_detections``).
 
-    Each ROI takes its most probable class; background ROIs and those below ``min_confidence`` are dropped;
-    the class's box deltas refine the ROI; per-class NMS; the ``max_detections`` best are kept in
-    descending score order.
+    Every foreground class of every ROI is a candidate: its probability is the score, its class's box
+    deltas refine the ROI. Candidates scoring below ``min_confidence``, or left without area by the
+    clipping, are dropped; NMS runs within each class; the ``max_detections`` best are kept in descending
+    score order. Scoring each class on its own means a nucleus is never lost because its probability is
+    split between classes (background 0.1 with two classes at 0.45 gives two candidates at 0.45), where
+    Matterport's ``refine_detections_graph`` (one argmax class per ROI, background included) drops it.
 
     Args:
       class_logits: (R, K+1); box_deltas: (R, K+1, 4); rois: float32 (R, 4); roi_valid: bool (R,).
@@ -75,18 +111,23 @@ def detect(
       dict: ``boxes`` float32 (D, 4), ``scores`` float32 (D,), ``classes`` int32 (D,) in 1..K,
       ``valid`` bool (D,), D = ``max_detections``.
     """
-    probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)
-    classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-    scores = jnp.take_along_axis(probs, classes[:, None], axis=-1)[:, 0]
-    deltas = jnp.take_along_axis(box_deltas.astype(jnp.float32), classes[:, None, None], axis=1)[:, 0]
-    boxes = clip_boxes(decode_boxes(deltas, rois, std=std), *image_size)
-    keep = roi_valid & (classes > 0) & (scores >= min_confidence)
+    num_rois, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)[:, 1:].reshape(-1)  # (R * K,)
+    deltas = box_deltas[:, 1:].astype(jnp.float32).reshape(-1, 4)
+    classes = jnp.tile(jnp.arange(1, num_classes + 1, dtype=jnp.int32), num_rois)
+    candidate_rois = jnp.repeat(jnp.asarray(rois, jnp.float32), num_classes, axis=0)
+    boxes = clip_boxes(decode_boxes(deltas, candidate_rois, std=std), *image_size)
+    keep = (
+        jnp.repeat(roi_valid, num_classes)
+        & (probs >= min_confidence)
+        & _big_enough(boxes, MIN_DETECTION_SIZE)
+    )
     # Per-class NMS in one call: shifting each class's boxes by a multiple of the image size puts boxes of
     # different classes far apart, so they never suppress each other.
     offset = (classes.astype(jnp.float32) * (max(image_size) + 1.0))[:, None]
     idx, num_valid = nms(
         boxes + offset,
-        jnp.where(keep, scores, -jnp.inf),
+        jnp.where(keep, probs, -jnp.inf),
         iou_threshold=nms_threshold,
         max_output_size=max_detections,
     )
@@ -94,7 +135,7 @@ def detect(
     safe = jnp.maximum(idx, 0)
     return {
         "boxes": jnp.where(valid[:, None], boxes[safe], 0.0),
-        "scores": jnp.where(valid, scores[safe], 0.0),
+        "scores": jnp.where(valid, probs[safe], 0.0),
         "classes": jnp.where(valid, classes[safe], 0),
         "valid": valid,
     }
@@ -103,11 +144,11 @@ def detect(
 def _paste_weights(lo, hi, mask_len: int, out_len: int, scale):
     """Bilinear weights (D, out_len, mask_len) that map a mask resized over [lo, hi) to output pixels.
 
-    Output pixel p has its centre at (p + 0.5) / scale in model pixels, which sits at mask coordinate
-    ((p + 0.5) / scale - lo) * mask_len / (hi - lo) - 0.5 (mask cell centres at i + 0.5). Outside the box
-    the weights are zero.
+    Output pixel p has its centre at (p + 0.5) * scale in model pixels (``scale``: model pixels per output
+    pixel), which sits at mask coordinate ((p + 0.5) * scale - lo) * mask_len / (hi - lo) - 0.5 (mask cell
+    centres at i + 0.5). Outside the box the weights are zero.
     """
-    centre = (jnp.arange(out_len, dtype=jnp.float32) + 0.5) / scale  # (out,)
+    centre = (jnp.arange(out_len, dtype=jnp.float32) + 0.5) * scale  # (out,)
     size = jnp.maximum(hi - lo, 1e-6)[:, None]
     u = (centre[None, :] - lo[:, None]) * mask_len / size - 0.5  # (D, out)
     inside = (centre[None, :] >= lo[:, None]) & (centre[None, :] < hi[:, None])

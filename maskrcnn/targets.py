@@ -37,6 +37,95 @@ def random_subset(candidates, max_count: int, key, limit=None):
     return jnp.zeros((n,), bool).at[idx].set(keep)
 
 
+def _max_iou(boxes, others, others_valid):
+    """Each box's best IoU with the valid ``others`` (-1 when there is none): float32 (N,)."""
+    if others.shape[0] == 0:
+        return jnp.full(boxes.shape[:1], -1.0)
+    return jnp.where(others_valid[None, :], pairwise_iou(boxes, others), -1.0).max(axis=1)
+
+
+def assign_anchors(
+    anchors,
+    gt_boxes,
+    gt_valid,
+    *,
+    rule: str = "iou",
+    positive_iou: float = 0.7,
+    negative_iou: float = 0.3,
+    topk: int = 9,
+    level_sizes: tuple[int, ...] | None = None,
+    ignore_boxes=None,
+    ignore_valid=None,
+):
+    """Which anchors are RPN positives and negatives for one image's ground truth, before sampling.
+
+    ``rule="iou"`` (Ren et al. 2015, Sec. 3.1.2; Matterport's ``build_rpn_targets``): an anchor is
+    positive at IoU >= ``positive_iou`` with some box, or when it is (one of) the best anchor(s) of a box.
+    ``rule="atss"`` (Zhang et al. 2020, Alg. 1): for each box, the ``topk`` anchors of each level whose
+    centres are nearest its centre are candidates; those whose IoU is at least the candidates' mean + std
+    (unbiased, as the authors' code) and whose centre lies inside the box are positive, matched to the box
+    of highest IoU. Either way an anchor is negative when its best IoU is below ``negative_iou`` and it is
+    not positive; anchors at IoU >= ``negative_iou`` with an ignored box (ground truth left out by the
+    input pipeline) are not negatives, so a nucleus without a slot is never taught as background.
+
+    Args:
+      anchors: float32 (A, 4) yxyx pixels; gt_boxes: float32 (M, 4); gt_valid: bool (M,).
+      level_sizes: anchors per FPN level, in the order of ``anchors`` (needed by "atss").
+      ignore_boxes: optional float32 (G, 4) with ignore_valid bool (G,).
+
+    Returns:
+      positive bool (A,), negative bool (A,), matched int32 (A,): the ground-truth index whose box a
+      positive anchor regresses to.
+    """
+    if gt_boxes.shape[0] == 0:
+        positive = jnp.zeros(anchors.shape[:1], bool)
+        negative = ~positive
+        if ignore_boxes is not None:
+            negative &= _max_iou(anchors, ignore_boxes, ignore_valid) < negative_iou
+        return positive, negative, jnp.zeros(anchors.shape[:1], jnp.int32)
+    iou = jnp.where(gt_valid[None, :], pairwise_iou(anchors, gt_boxes), -1.0)  # (A, M)
+    best_iou, best_gt = iou.max(axis=1), iou.argmax(axis=1).astype(jnp.int32)
+    if rule == "iou":
+        # Every ground-truth box gets its best anchor(s), even below the threshold (ties all count).
+        best_per_gt = iou.max(axis=0, keepdims=True)
+        is_best = jnp.any((iou == best_per_gt) & gt_valid[None, :] & (best_per_gt > 0), axis=1)
+        positive = (best_iou >= positive_iou) | is_best
+        matched = best_gt
+    elif rule == "atss":
+        if level_sizes is None or sum(level_sizes) != anchors.shape[0]:
+            raise ValueError(
+                f"rule='atss' needs level_sizes summing to {anchors.shape[0]}, got {level_sizes}"
+            )
+        a_centre = (anchors[:, :2] + anchors[:, 2:]) / 2
+        g_centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+        dist = jnp.sum((a_centre[:, None, :] - g_centre[None, :, :]) ** 2, axis=-1)  # (A, M)
+        columns = jnp.arange(gt_boxes.shape[0])[:, None]
+        candidate = jnp.zeros(iou.shape, bool)
+        first = 0
+        for size in level_sizes:
+            _, nearest = jax.lax.top_k(-dist[first : first + size].T, min(topk, size))  # (M, k)
+            candidate = candidate.at[first + nearest, columns].set(True)
+            first += size
+        count = candidate.sum(axis=0)
+        mean = jnp.sum(jnp.where(candidate, iou, 0.0), axis=0) / count
+        var = jnp.sum(jnp.where(candidate, (iou - mean) ** 2, 0.0), axis=0) / jnp.maximum(count - 1, 1)
+        inside = (
+            (a_centre[:, None, 0] > gt_boxes[None, :, 0])
+            & (a_centre[:, None, 1] > gt_boxes[None, :, 1])
+            & (a_centre[:, None, 0] < gt_boxes[None, :, 2])
+            & (a_centre[:, None, 1] < gt_boxes[None, :, 3])
+        )
+        pairs = candidate & inside & gt_valid[None, :] & (iou >= mean + jnp.sqrt(var)) & (iou > 0)
+        positive = jnp.any(pairs, axis=1)
+        matched = jnp.where(positive, jnp.where(pairs, iou, -1.0).argmax(axis=1), best_gt).astype(jnp.int32)
+    else:
+        raise ValueError(f"model.rpn_assignment must be 'iou' or 'atss', got {rule!r}")
+    negative = (best_iou < negative_iou) & ~positive
+    if ignore_boxes is not None:
+        negative &= _max_iou(anchors, ignore_boxes, ignore_valid) < negative_iou
+    return positive, negative, matched
+
+
 def rpn_targets(
     anchors,
     gt_boxes,
@@ -45,43 +134,36 @@ def rpn_targets(
     *,
     num_samples: int = 256,
     positive_fraction: float = 0.5,
-    positive_iou: float = 0.7,
-    negative_iou: float = 0.3,
     std=BOX_STD,
+    ignore_boxes=None,
+    ignore_valid=None,
+    **assignment,
 ):
-    """Labels and box targets of one image's anchors (Ren et al. 2015, Sec. 3.1.2; Matterport's
-    ``build_rpn_targets``).
+    """Labels and box targets of one image's anchors: :func:`assign_anchors`, then sampling.
 
-    An anchor is positive at IoU >= ``positive_iou`` with some ground truth box, or when it is (one of) the
-    best anchor(s) of a ground truth box; negative when its best IoU is below ``negative_iou`` and it is
-    not positive. At most ``num_samples * positive_fraction`` positives are kept at random, and negatives
-    fill the sample up to ``num_samples``; the rest are ignored.
+    At most ``num_samples * positive_fraction`` positives are kept at random, and negatives fill the
+    sample up to ``num_samples``; the rest are ignored.
 
     Args:
       anchors: float32 (A, 4) yxyx pixels.
       gt_boxes: float32 (M, 4) yxyx pixels; gt_valid: bool (M,).
       key: ``jax.random`` key.
+      ignore_boxes, ignore_valid, assignment: passed to :func:`assign_anchors` (rule, thresholds, ...).
 
     Returns:
       labels int32 (A,): 1 positive, -1 negative, 0 ignored; deltas float32 (A, 4): the encoded box of
-      each anchor's best ground truth (meaningful where labels == 1, zero elsewhere).
+      each positive anchor's ground truth (zero elsewhere).
     """
-    iou = jnp.where(gt_valid[None, :], pairwise_iou(anchors, gt_boxes), -1.0)  # (A, M)
-    best_iou = iou.max(axis=1) if iou.shape[1] else jnp.full(anchors.shape[:1], -1.0)
-    best_gt = iou.argmax(axis=1) if iou.shape[1] else jnp.zeros(anchors.shape[:1], jnp.int32)
-    # Every ground-truth box gets its best anchor(s), even below the threshold (ties all count).
-    best_per_gt = iou.max(axis=0, keepdims=True)
-    is_best = jnp.any((iou == best_per_gt) & gt_valid[None, :] & (best_per_gt > 0), axis=1)
-    positive = (best_iou >= positive_iou) | is_best
-    negative = (best_iou < negative_iou) & ~positive
-
+    positive, negative, matched = assign_anchors(
+        anchors, gt_boxes, gt_valid, ignore_boxes=ignore_boxes, ignore_valid=ignore_valid, **assignment
+    )
     key_pos, key_neg = jax.random.split(key)
     max_pos = int(num_samples * positive_fraction)
     positive = random_subset(positive, max_pos, key_pos)
     negative = random_subset(negative, num_samples, key_neg, limit=num_samples - positive.sum())
     labels = jnp.where(positive, 1, jnp.where(negative, -1, 0)).astype(jnp.int32)
-    matched = gt_boxes[best_gt] if gt_boxes.shape[0] else jnp.zeros_like(anchors)
-    deltas = jnp.where(positive[:, None], encode_boxes(matched, anchors, std=std), 0.0)
+    target = gt_boxes[matched] if gt_boxes.shape[0] else jnp.zeros_like(anchors)
+    deltas = jnp.where(positive[:, None], encode_boxes(target, anchors, std=std), 0.0)
     return labels, deltas.astype(jnp.float32)
 
 
@@ -101,6 +183,8 @@ def sample_rois(
     mini_masks: bool = True,
     add_gt_as_proposals: bool = False,
     std=BOX_STD,
+    ignore_boxes=None,
+    ignore_valid=None,
 ):
     """Samples one image's training ROIs and builds their class, box and mask targets.
 
@@ -118,6 +202,9 @@ def sample_rois(
       key: ``jax.random`` key.
       add_gt_as_proposals: also offer the ground-truth boxes as candidates (Detectron's default); helps
         the heads train while the RPN is still poor.
+      ignore_boxes, ignore_valid: optional (G, 4) and (G,): ground truth the input pipeline had no slot
+        for; a candidate at IoU >= ``positive_iou`` with one of them is never a negative (Matterport's
+        crowd boxes play this part).
 
     Returns:
       dict with ``rois`` float32 (R, 4), ``classes`` int32 (R,) (0 = background), ``deltas`` float32
@@ -135,6 +222,8 @@ def sample_rois(
     best_iou, best_gt = iou.max(axis=1), iou.argmax(axis=1)
     positive = cand_valid & (best_iou >= positive_iou)
     negative = cand_valid & (best_iou < positive_iou)
+    if ignore_boxes is not None:
+        negative &= _max_iou(candidates, ignore_boxes, ignore_valid) < positive_iou
     key_pos, key_neg = jax.random.split(key)
     positive = random_subset(positive, int(round(num_rois * positive_fraction)), key_pos)
     negative = random_subset(negative, num_rois, key_neg, limit=num_rois - positive.sum())
@@ -162,7 +251,9 @@ def crop_mask_targets(masks, mask_boxes, rois, mask_size: int, *, mini_masks: bo
     """Crops each ROI out of its matched ground-truth mask and resizes it to ``mask_size`` squared.
 
     Bilinear samples at the centres of a ``mask_size`` grid over the ROI (ROIAlign with one sample per
-    bin), then a 0.5 threshold, as Matterport's ``tf.image.crop_and_resize`` + round.
+    bin), then a 0.5 threshold, as Matterport's ``tf.image.crop_and_resize`` + round. A mini-mask is
+    framed by one cell of zeros first: the instance is empty outside its tight box, so samples beyond the
+    box edge fade to 0 as they do on a full mask, instead of repeating the (always on) border cells.
 
     Args:
       masks: (R, m, m) mini-masks (with ``mini_masks``: the instance inside ``mask_boxes``) or full-image
@@ -180,7 +271,8 @@ def crop_mask_targets(masks, mask_boxes, rois, mask_size: int, *, mini_masks: bo
         scale = jnp.concatenate(
             [m_h / jnp.maximum(y2 - y1, 1e-6), m_w / jnp.maximum(x2 - x1, 1e-6)] * 2, axis=-1
         )
-        frame_rois = (rois - jnp.concatenate([y1, x1, y1, x1], axis=-1)) * scale
+        frame_rois = (rois - jnp.concatenate([y1, x1, y1, x1], axis=-1)) * scale + 1.0
+        masks = jnp.pad(masks, ((0, 0), (1, 1), (1, 1)))
     else:
         frame_rois = rois
 

@@ -50,6 +50,8 @@ def test_train_batch_shapes_and_dtypes(name):
         "masks": ((b, m, k, k), np.uint8),
         "valid": ((b, m), np.bool_),
         "num_truncated": ((b,), np.int32),
+        "ignore_boxes": ((b, m, 4), np.float32),
+        "ignore_valid": ((b, m), np.bool_),
         "tissue": ((b,), np.int32),
         "fold": ((b,), np.int32),
         "index": ((b,), np.int32),
@@ -94,19 +96,32 @@ def test_mini_masks_match_the_model_tests_batch_builder(mini_mask_size):
         np.testing.assert_array_equal(ours["classes"], ref["classes"][0])
 
 
-def test_truncation_keeps_the_largest_and_counts_the_rest():
+def test_truncation_picks_without_regard_to_size_and_reports_the_rest_as_ignored():
+    # Three nuclei, two slots: 9, 50 and 12 px.
     labels = np.zeros((32, 32), np.int32)
     labels[1:4, 1:4] = 5  # 9 px
     labels[10:20, 10:15] = 700  # 50 px
     labels[25:27, 25:31] = 90000  # 12 px
+    boxes = {5: [1, 1, 4, 4], 700: [10, 10, 20, 15], 90000: [25, 25, 27, 31]}
     classes = np.where(labels > 0, np.where(labels == 700, 3, 1), 0).astype(np.uint8)
-    out = ip.instance_targets(labels, classes, 2, None)
-    assert out["num_truncated"] == 1 and out["valid"].tolist() == [True, True]
-    np.testing.assert_array_equal(out["boxes"], [[10, 10, 20, 15], [25, 25, 27, 31]])  # in id order
-    assert out["classes"].tolist() == [3, 1]
-    for box, mask in zip(out["boxes"], out["masks"], strict=True):
-        assert mask_box(mask) == box.tolist()
-    assert ip.instance_targets(labels, classes, 3, 4)["num_truncated"] == 0
+    dropped = []
+    for seed in range(40):
+        out = ip.instance_targets(labels, classes, 2, None, rng=np.random.default_rng(seed))
+        assert out["num_truncated"] == 1 and out["valid"].tolist() == [True, True]
+        kept = [ident for ident, box in boxes.items() if box in out["boxes"].tolist()]
+        assert len(kept) == 2 and kept == sorted(kept)  # in id order
+        (gone,) = set(boxes) - set(kept)
+        assert out["ignore_valid"].tolist() == [True, False]
+        assert out["ignore_boxes"][0].tolist() == boxes[gone]
+        assert out["classes"].tolist() == [3 if k == 700 else 1 for k in kept]
+        for box, mask in zip(out["boxes"], out["masks"], strict=True):
+            assert mask_box(mask) == box.tolist()
+        dropped.append(gone)
+    assert set(dropped) == set(boxes)  # the largest nucleus is dropped too, sometimes
+    fixed = ip.instance_targets(labels, classes, 2, None)  # no rng: the same seeded pick every time
+    assert fixed["boxes"].tolist() == ip.instance_targets(labels, classes, 2, None)["boxes"].tolist()
+    untruncated = ip.instance_targets(labels, classes, 3, 4)
+    assert untruncated["num_truncated"] == 0 and not untruncated["ignore_valid"].any()
 
 
 def test_truncation_is_reported_in_batches():

@@ -14,7 +14,7 @@ from maskrcnn.config import ModelConfig
 from maskrcnn.model.backbone import build_resnet
 from maskrcnn.model.fpn import FPN
 from maskrcnn.model.heads import BoxHead, MaskHead, RPNHead
-from maskrcnn.ops import generate_anchors, multilevel_roi_align
+from maskrcnn.ops import anchors_per_level, generate_anchors, multilevel_roi_align
 
 ROI_STRIDES = (4, 8, 16, 32)  # the ROI heads pool from P2-P5 (P6 only feeds the RPN), as in the FPN paper
 LOSS_NAMES = ("rpn_class", "rpn_box", "class", "box", "mask")
@@ -51,7 +51,9 @@ class MaskRCNN(keras.Model):
             config.backbone, width=config.backbone_width, style=config.backbone_style
         )
         self.fpn = fpn or FPN(config.fpn_channels, name="fpn")
-        self.rpn_head = rpn_head or RPNHead(len(config.anchor_ratios), name="rpn")
+        self.rpn_head = rpn_head or RPNHead(
+            len(config.anchor_ratios) * len(config.anchor_octaves), name="rpn"
+        )
         self.box_head = box_head or BoxHead(
             config.num_classes,
             config.pool_size,
@@ -91,6 +93,7 @@ class MaskRCNN(keras.Model):
             pre_nms_limit=cfg.pre_nms_limit,
             num_proposals=cfg.post_nms_rois_training if training else cfg.post_nms_rois_inference,
             nms_threshold=cfg.rpn_nms_threshold,
+            level_sizes=self.anchor_level_sizes(size) if cfg.pre_nms_per_level else None,
         )
         # Proposals are inputs to the second stage, not a path for gradients (as in Matterport).
         boxes, _, valid = jax.vmap(propose)(
@@ -154,13 +157,25 @@ class MaskRCNN(keras.Model):
         cfg = self.config
         batch_size = rpn_logits.shape[0]
         key_rpn, key_roi = jax.random.split(key)
+        # Ground truth the input pipeline had no slot for is neither trained nor taught as background.
+        ignored = {
+            "boxes": batch.get("ignore_boxes", jnp.zeros((batch_size, 0, 4), jnp.float32)),
+            "valid": batch.get("ignore_valid", jnp.zeros((batch_size, 0), bool)),
+        }
         rpn_labels, rpn_target_deltas = jax.vmap(
             functools.partial(
                 targets.rpn_targets,
                 self.anchors(size),
                 num_samples=cfg.rpn_train_anchors_per_image,
+                **self.anchor_assignment(size),
             )
-        )(batch["boxes"], batch["valid"], jax.random.split(key_rpn, batch_size))
+        )(
+            batch["boxes"],
+            batch["valid"],
+            jax.random.split(key_rpn, batch_size),
+            ignore_boxes=ignored["boxes"],
+            ignore_valid=ignored["valid"],
+        )
         rois = jax.vmap(
             functools.partial(
                 targets.sample_rois,
@@ -178,6 +193,8 @@ class MaskRCNN(keras.Model):
             batch["masks"],
             batch["valid"],
             jax.random.split(key_roi, batch_size),
+            ignore_boxes=ignored["boxes"],
+            ignore_valid=ignored["valid"],
         )
         class_logits, box_deltas = self.box_head(
             self.roi_features(pyramid, rois["rois"], cfg.pool_size), training=True
@@ -226,7 +243,29 @@ class MaskRCNN(keras.Model):
     # ----------------------------------------------------------------------------------------------
     def anchors(self, size: tuple[int, int]) -> np.ndarray:
         cfg = self.config
-        return _anchors(size, tuple(cfg.anchor_strides), tuple(cfg.anchor_scales), tuple(cfg.anchor_ratios))
+        return _anchors(
+            size,
+            tuple(cfg.anchor_strides),
+            tuple(cfg.anchor_scales),
+            tuple(cfg.anchor_ratios),
+            tuple(cfg.anchor_octaves),
+        )
+
+    def anchor_level_sizes(self, size: tuple[int, int]) -> tuple[int, ...]:
+        cfg = self.config
+        per_location = len(cfg.anchor_ratios) * len(cfg.anchor_octaves)
+        return tuple(anchors_per_level(size, cfg.anchor_strides, per_location))
+
+    def anchor_assignment(self, size: tuple[int, int]) -> dict:
+        """The keyword arguments of :func:`maskrcnn.targets.assign_anchors` this config asks for."""
+        cfg = self.config
+        return {
+            "rule": cfg.rpn_assignment,
+            "positive_iou": cfg.rpn_positive_iou,
+            "negative_iou": cfg.rpn_negative_iou,
+            "topk": cfg.atss_topk,
+            "level_sizes": self.anchor_level_sizes(size),
+        }
 
     @staticmethod
     def _image_size(images) -> tuple[int, int]:
@@ -262,8 +301,8 @@ class MaskRCNN(keras.Model):
 
 
 @functools.lru_cache(maxsize=8)
-def _anchors(size, strides, scales, ratios) -> np.ndarray:
-    return generate_anchors(size, strides=strides, scales=scales, ratios=ratios)
+def _anchors(size, strides, scales, ratios, octaves) -> np.ndarray:
+    return generate_anchors(size, strides=strides, scales=scales, ratios=ratios, octaves=octaves)
 
 
 def build_model(config: ModelConfig, image_size: int, *, mini_masks: bool = True, **parts) -> MaskRCNN:

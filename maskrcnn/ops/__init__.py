@@ -3,7 +3,7 @@
 Boxes are (y1, x1, y2, x2) absolute pixels on pixel edges everywhere (see DESIGN.md).
 """
 
-from maskrcnn.ops.anchors import feature_size, generate_anchors
+from maskrcnn.ops.anchors import anchors_per_level, feature_size, generate_anchors
 from maskrcnn.ops.boxes import (
     BOX_STD,
     LOG_SIZE_CLIP,
@@ -20,6 +20,7 @@ from maskrcnn.ops.roi_align import assign_fpn_levels, multilevel_roi_align, roi_
 __all__ = [
     "BOX_STD",
     "LOG_SIZE_CLIP",
+    "anchors_per_level",
     "assign_fpn_levels",
     "box_area",
     "boxes_from_masks",

@@ -48,8 +48,7 @@ def _step_key(seed: int, stage: int, step: int):
 
 
 def _model_batch(batch):
-    keys = ("image", "boxes", "classes", "masks", "valid")
-    return {k: batch[k] for k in keys}
+    return {k: batch[k] for k in input_pipeline.MODEL_INPUTS}
 
 
 class CsvLog:

@@ -1,0 +1,187 @@
+"""RPN anchor assignment, ROI sampling and mask targets, on cases worked by hand and against loops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maskrcnn import input_pipeline as ip
+from maskrcnn import targets
+from maskrcnn.ops import anchors_per_level, generate_anchors, pairwise_iou
+
+KEY = jax.random.PRNGKey(0)
+
+
+def test_an_anchor_at_iou_exactly_the_threshold_is_positive():
+    # A 10x10 box; an anchor of 10x7 inside it has IoU 0.7 exactly, one of 10x6 has 0.6.
+    gt = jnp.array([[0.0, 0.0, 10.0, 10.0]])
+    anchors = jnp.array([[0.0, 0.0, 10.0, 7.0], [0.0, 0.0, 10.0, 6.0], [20.0, 20.0, 30.0, 30.0]])
+    # Without the best-anchor rule getting in the way: a second, better anchor.
+    anchors = jnp.concatenate([anchors, gt])
+    positive, negative, matched = targets.assign_anchors(anchors, gt, jnp.array([True]))
+    assert positive.tolist() == [True, False, False, True]
+    assert negative.tolist() == [False, False, True, False]
+    assert matched.tolist() == [0, 0, 0, 0]
+    lower = targets.assign_anchors(anchors, gt, jnp.array([True]), positive_iou=0.6, negative_iou=0.65)
+    assert lower[0].tolist() == [True, True, False, True] and lower[1].tolist() == [False, False, True, False]
+
+
+def test_padded_ground_truth_never_matches_and_best_anchor_rule():
+    gt = jnp.array([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
+    anchors = jnp.array([[0.0, 0.0, 10.0, 4.0], [50.0, 50.0, 60.0, 60.0]])  # IoU 0.4 and 0
+    positive, negative, _ = targets.assign_anchors(anchors, gt, jnp.array([True, False]))
+    assert positive.tolist() == [True, False]  # the box's best anchor, though below 0.7
+    nothing = targets.assign_anchors(anchors, gt, jnp.array([False, False]))
+    assert nothing[0].tolist() == [False, False] and nothing[1].tolist() == [True, True]
+
+
+def test_anchors_near_an_ignored_nucleus_are_not_negatives():
+    gt = jnp.array([[0.0, 0.0, 10.0, 10.0]])
+    ignored = jnp.array([[40.0, 40.0, 50.0, 50.0], [0.0, 0.0, 0.0, 0.0]])
+    anchors = jnp.array(
+        [[40.0, 40.0, 50.0, 55.0], [40.0, 40.0, 50.0, 80.0], [0.0, 0.0, 10.0, 10.0]]
+    )  # IoU 2/3, 1/4
+    positive, negative, _ = targets.assign_anchors(
+        anchors, gt, jnp.array([True]), ignore_boxes=ignored, ignore_valid=jnp.array([True, False])
+    )
+    assert positive.tolist() == [False, False, True]
+    assert negative.tolist() == [False, True, False]
+
+
+def _atss_loop(anchors, gt, level_sizes, k):
+    """ATSS (Zhang et al. 2020, Algorithm 1) written out box by box."""
+    anchors, gt = np.asarray(anchors, np.float64), np.asarray(gt, np.float64)
+    iou = np.asarray(pairwise_iou(anchors, gt), np.float64)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    positive_for = np.full((len(anchors), len(gt)), False)
+    for g, box in enumerate(gt):
+        centre = (box[:2] + box[2:]) / 2
+        candidates, first = [], 0
+        for size in level_sizes:
+            dist = np.sum((centres[first : first + size] - centre) ** 2, axis=1)
+            candidates += list(first + np.argsort(dist, kind="stable")[:k])
+            first += size
+        values = iou[candidates, g]
+        threshold = values.mean() + values.std(ddof=1)
+        for a in candidates:
+            cy, cx = centres[a]
+            inside = box[0] < cy < box[2] and box[1] < cx < box[3]
+            if iou[a, g] >= threshold and inside and iou[a, g] > 0:
+                positive_for[a, g] = True
+    positive = positive_for.any(axis=1)
+    matched = np.where(positive_for, iou, -1).argmax(axis=1)
+    return positive, matched
+
+
+def test_atss_matches_the_algorithm_written_out():
+    rng = np.random.default_rng(0)
+    size, strides = (64, 64), (4, 8, 16)
+    anchors = generate_anchors(size, strides=strides, scales=(8, 16, 32), ratios=(0.5, 1.0, 2.0))
+    level_sizes = tuple(anchors_per_level(size, strides, 3))
+    centre = rng.uniform(8, 56, (6, 2))
+    half = rng.uniform(3, 14, (6, 2))
+    gt = np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
+    valid = np.array([True] * 5 + [False])
+    positive, negative, matched = targets.assign_anchors(
+        jnp.asarray(anchors),
+        jnp.asarray(gt),
+        jnp.asarray(valid),
+        rule="atss",
+        topk=9,
+        level_sizes=level_sizes,
+    )
+    want_positive, want_matched = _atss_loop(anchors, gt[valid], level_sizes, 9)
+    np.testing.assert_array_equal(np.asarray(positive), want_positive)
+    np.testing.assert_array_equal(np.asarray(matched)[want_positive], want_matched[want_positive])
+    assert want_positive.sum() >= 5 and not np.any(np.asarray(positive) & np.asarray(negative))
+
+
+def test_rpn_targets_never_sample_an_ignored_nucleus_as_background():
+    # Three nuclei, two slots: the input pipeline keeps two and reports the third as ignored.
+    labels = np.zeros((64, 64), np.int32)
+    labels[4:16, 4:16], labels[28:40, 28:40], labels[48:60, 8:20] = 1, 2, 3  # on anchor centres
+    out = ip.instance_targets(labels, (labels > 0).astype(np.uint8), 2, 14, rng=np.random.default_rng(0))
+    assert out["num_truncated"] == 1
+    anchors = jnp.asarray(generate_anchors((64, 64), strides=(4, 8), scales=(12, 24), ratios=(1.0,)))
+    labels_, _ = targets.rpn_targets(
+        anchors,
+        jnp.asarray(out["boxes"]),
+        jnp.asarray(out["valid"]),
+        KEY,
+        num_samples=10_000,
+        ignore_boxes=jnp.asarray(out["ignore_boxes"]),
+        ignore_valid=jnp.asarray(out["ignore_valid"]),
+    )
+    overlap = np.asarray(pairwise_iou(anchors, jnp.asarray(out["ignore_boxes"][:1])))[:, 0]
+    assert np.any(overlap >= 0.7)
+    assert not np.any(np.asarray(labels_)[overlap >= 0.3] == -1)  # neither positive nor negative there
+    assert not np.any(np.asarray(labels_)[overlap >= 0.7] == 1)
+    unaware, _ = targets.rpn_targets(
+        anchors, jnp.asarray(out["boxes"]), jnp.asarray(out["valid"]), KEY, num_samples=10_000
+    )
+    assert np.any(np.asarray(unaware)[overlap >= 0.7] == -1)  # what happened before: taught as background
+
+
+def _roi_case(ignore_valid):
+    gt = jnp.array([[0.0, 0.0, 10.0, 10.0]])
+    proposals = jnp.array([[0.0, 0.0, 10.0, 10.0], [30.0, 30.0, 40.0, 40.0], [60.0, 60.0, 70.0, 70.0]])
+    return targets.sample_rois(
+        proposals,
+        jnp.array([True, True, True]),
+        gt,
+        jnp.array([1]),
+        jnp.ones((1, 4, 4)),
+        jnp.array([True]),
+        KEY,
+        num_rois=3,
+        positive_fraction=0.34,
+        mask_size=4,
+        ignore_boxes=jnp.array([[30.0, 30.0, 40.0, 41.0]]),
+        ignore_valid=jnp.array([ignore_valid]),
+    )
+
+
+def test_roi_sampling_positives_first_and_ignored_nuclei_are_not_negatives():
+    rois = _roi_case(True)
+    assert rois["positive"].tolist() == [True, False, False]
+    assert rois["valid"].tolist() == [True, True, False]  # the proposal on the ignored nucleus is left out
+    np.testing.assert_array_equal(rois["rois"][1], [60, 60, 70, 70])
+    assert rois["classes"].tolist() == [1, 0, 0]
+    assert _roi_case(False)["valid"].tolist() == [True, True, True]
+
+
+def test_roi_sampling_caps_positives_at_the_ratio():
+    rng = np.random.default_rng(0)
+    gt = jnp.asarray(rng.uniform(0, 50, (8, 2)) @ np.array([[1, 0, 1, 0], [0, 1, 0, 1]]) + [0, 0, 10, 10])
+    proposals = jnp.concatenate([gt, gt + 0.5, jnp.asarray([[90.0, 90.0, 99.0, 99.0]] * 16)])
+    rois = targets.sample_rois(
+        proposals,
+        jnp.ones(32, bool),
+        gt.astype(jnp.float32),
+        jnp.ones(8, jnp.int32),
+        jnp.ones((8, 4, 4)),
+        jnp.ones(8, bool),
+        KEY,
+        num_rois=12,
+        positive_fraction=0.33,
+        mask_size=4,
+    )
+    positive = np.asarray(rois["positive"])
+    assert positive.sum() == round(12 * 0.33) and positive[:4].all() and not positive[4:].any()
+    assert np.asarray(rois["valid"]).all()
+
+
+@pytest.mark.parametrize("grow", [0.0, 2.0, 3.5])
+def test_mask_targets_from_mini_masks_equal_those_from_full_masks(grow):
+    # A 14x14 box and a 14x14 mini-mask: the mini-mask is the crop itself, so any difference in the
+    # targets is the border handling. The ROI is `grow` px larger than the box on every side.
+    full = np.zeros((40, 40), np.float32)
+    yy, xx = np.mgrid[:14, :14]
+    shape = ((yy - 6.5) ** 2 / 49 + (xx - 6.5) ** 2 / 30 <= 1.0) | (yy == 0) | (xx == 13)  # touches edges
+    full[10:24, 12:26] = shape
+    box = jnp.array([[10.0, 12.0, 24.0, 26.0]])
+    roi = box + jnp.array([-grow, -grow, grow, grow])
+    from_full = targets.crop_mask_targets(jnp.asarray(full)[None], box, roi, 28, mini_masks=False)
+    from_mini = targets.crop_mask_targets(jnp.asarray(shape, jnp.float32)[None], box, roi, 28)
+    np.testing.assert_array_equal(np.asarray(from_mini), np.asarray(from_full))
+    assert np.asarray(from_full).sum() > 100
