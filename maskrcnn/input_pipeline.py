@@ -26,9 +26,9 @@ PanNuke's (N, 256, 256, 6) masks through :func:`maskrcnn.pannuke.pannuke_masks`)
 bool (B,) (False on the padding of the last batch).
 
 Geometry: augmentation (flips, rotation, and colour jitter where the config sets it) happens at 256 px,
-then the image is resized bilinearly (PIL) and the label map by nearest pixel centre; boxes and masks always come from the final label map, so an
-instance that leaves the image or vanishes in a downscale is dropped and every box is exactly the
-bounding box of its mask. Work per example is numpy/PIL (both release the GIL) in a small thread pool.
+then the image is resized bilinearly (PIL) and the label map by nearest pixel centre; boxes and masks
+always come from the final label map, so an instance that leaves the image or vanishes in a downscale is
+dropped and every box is exactly the bounding box of its mask. Work per example is numpy/PIL (both release the GIL) in a small thread pool.
 """
 
 from __future__ import annotations
