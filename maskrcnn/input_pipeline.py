@@ -28,7 +28,8 @@ bool (B,) (False on the padding of the last batch).
 Geometry: augmentation (flips, rotation, and colour jitter where the config sets it) happens at 256 px,
 then the image is resized bilinearly (PIL) and the label map by nearest pixel centre; boxes and masks
 always come from the final label map, so an instance that leaves the image or vanishes in a downscale is
-dropped and every box is exactly the bounding box of its mask. Work per example is numpy/PIL (both release the GIL) in a small thread pool.
+dropped and every box is exactly the bounding box of its mask. Work per example is numpy/PIL (both
+release the GIL) in a small thread pool.
 """
 
 from __future__ import annotations
