@@ -70,6 +70,7 @@ def cmd_evaluate(args):
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir!r}")
     config = apply_overrides(config, overrides)
+    model.set_inference_config(config.model)
     name = os.path.basename(os.path.normpath(args.split)).replace(" ", "_")
     out_dir = args.out or os.path.join(args.workdir, f"eval-{name}")
     references = evaluation.read_references(args.references) if args.references else None

@@ -1,8 +1,15 @@
 """The paper's network sized for 256 px nuclei patches: ResNet50 + FPN at the native 256 px.
 
-Nuclei in PanNuke are about 6-40 px across at 40x, so anchors start at 8 px (one scale per level,
-8-128) and the image is not upscaled. Dense tumour patches hold a few hundred nuclei: 256 ground-truth
-and detection slots. Ground-truth boxes join the proposals so the heads train while the RPN is young.
+Nuclei in PanNuke are about 6-40 px across at 40x, so anchors start at 8 px (8-128 over P2-P6) and the
+image is not upscaled. With one anchor scale per level only 10% of nuclei have an anchor at IoU >= 0.7,
+so the RPN learned most of them from a single best-anchor positive; three scales per level (RetinaNet's
+octaves) lift that to 37% (94% at IoU >= 0.5), and ATSS (Zhang et al. 2020) picks each nucleus's
+positives from its nearest anchors by an IoU threshold adapted to it: 8.4 positives per nucleus instead
+of 1.2 (`maskrcnn anchors`, table in experiments/results/learning_ablation.md). Proposals are the best
+1000 of each level with NMS per level (torchvision, detectron2), so the coarse levels are not crowded
+out by the many P2 anchors. Training jitters the stains (HED-light, Tellez et al. 2019) and the
+brightness, contrast and saturation, since slides from other centres differ in colour. Dense tumour
+patches hold a few hundred nuclei: 256 ground-truth and detection slots. Ground-truth boxes join the proposals so the heads train while the RPN is young.
 Matterport's COCO weights are ResNet101's, so this ResNet50 starts from keras.applications' ImageNet
 weights instead (downloaded by Keras; offline, pass the file: README, Transfer learning), which want
 keras.applications' ResNet and caffe-style input (BGR minus the ImageNet mean).
@@ -20,7 +27,16 @@ def get_config():
     return dataclasses.replace(
         base,
         name="fast",
-        data=dataclasses.replace(base.data, image_size=256, max_instances=256, mini_mask_size=28),
+        data=dataclasses.replace(
+            base.data,
+            image_size=256,
+            max_instances=256,
+            mini_mask_size=28,
+            hed_jitter=0.05,
+            brightness=0.1,
+            contrast=0.1,
+            saturation=0.1,
+        ),
         model=dataclasses.replace(
             base.model,
             backbone="resnet50",
@@ -28,8 +44,11 @@ def get_config():
             bgr=True,
             pixel_mean=(123.68, 116.779, 103.939),  # keras.applications' caffe mean, in RGB order
             anchor_scales=(8, 16, 32, 64, 128),
+            anchor_octaves=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
+            rpn_assignment="atss",
             rpn_nms_threshold=0.7,
-            pre_nms_limit=3000,
+            pre_nms_limit=1000,
+            pre_nms_per_level=True,
             post_nms_rois_training=1000,
             post_nms_rois_inference=1000,
             train_rois_per_image=256,

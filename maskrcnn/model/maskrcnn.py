@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -18,6 +19,17 @@ from maskrcnn.ops import anchors_per_level, generate_anchors, multilevel_roi_ali
 
 ROI_STRIDES = (4, 8, 16, 32)  # the ROI heads pool from P2-P5 (P6 only feeds the RPN), as in the FPN paper
 LOSS_NAMES = ("rpn_class", "rpn_box", "class", "box", "mask")
+# Config fields that only steer inference: a trained model can be evaluated with other values.
+INFERENCE_FIELDS = (
+    "pre_nms_limit",
+    "pre_nms_per_level",
+    "post_nms_rois_inference",
+    "rpn_nms_threshold",
+    "detection_max_instances",
+    "detection_min_confidence",
+    "detection_nms_threshold",
+    "mask_threshold",
+)
 MASK_CHUNK = 64  # detection slots per mask-head call at inference
 
 
@@ -240,6 +252,22 @@ class MaskRCNN(keras.Model):
             ),
         }
 
+    def set_inference_config(self, config: ModelConfig) -> None:
+        """Switches to ``config``, which may differ from the current one only in :data:`INFERENCE_FIELDS`
+        (e.g. ``detection_min_confidence`` for an evaluation); anything else would not fit the weights."""
+        changed = [
+            f.name
+            for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(self.config, f.name)
+        ]
+        fixed = [name for name in changed if name not in INFERENCE_FIELDS]
+        if fixed:
+            raise ValueError(
+                f"model.{', model.'.join(fixed)} cannot change after training (only "
+                f"{', '.join(INFERENCE_FIELDS)} can); train a new model for it"
+            )
+        self.config = config
+
     # ----------------------------------------------------------------------------------------------
     def anchors(self, size: tuple[int, int]) -> np.ndarray:
         cfg = self.config
@@ -291,8 +319,6 @@ class MaskRCNN(keras.Model):
         self.built = True
 
     def get_config(self):
-        import dataclasses
-
         return {
             **super().get_config(),
             "config": dataclasses.asdict(self.config),

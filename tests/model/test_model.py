@@ -79,15 +79,20 @@ def test_stage_shapes(tiny):
     ]
     logits, deltas = model.rpn_head(pyramid)
     num_anchors = generate_anchors(
-        (size, size), strides=cfg.anchor_strides, scales=cfg.anchor_scales, ratios=cfg.anchor_ratios
+        (size, size),
+        strides=cfg.anchor_strides,
+        scales=cfg.anchor_scales,
+        ratios=cfg.anchor_ratios,
+        octaves=cfg.anchor_octaves,
     ).shape[0]
+    assert num_anchors == sum((size // s) ** 2 for s in cfg.anchor_strides) * 9  # 3 octaves x 3 ratios
     assert logits.shape == (2, num_anchors, 2) and deltas.shape == (2, num_anchors, 4)
     detections = model(images)
     d = cfg.detection_max_instances
     assert detections["boxes"].shape == (2, d, 4)
     assert detections["masks"].shape == (2, d, cfg.mask_size, cfg.mask_size)
     assert detections["scores"].shape == detections["classes"].shape == detections["valid"].shape == (2, d)
-    labels = detections_to_label_maps(detections, (64, 64), scale=size / 64)
+    labels = detections_to_label_maps(detections, (64, 64), scale=size / 64)  # 2 model px per output px
     assert labels.shape == (2, 64, 64) and labels.dtype == jnp.int32
 
 

@@ -29,3 +29,20 @@ def test_sizes_not_divisible_by_the_stride_round_up():
 def test_mismatched_scales_are_rejected():
     with pytest.raises(ValueError, match="one anchor scale per stride"):
         generate_anchors((64, 64), strides=(4, 8), scales=(8,), ratios=(1.0,))
+
+
+def test_octaves_multiply_each_level_scale_and_come_before_ratios():
+    from maskrcnn.ops import anchors_per_level
+
+    anchors = generate_anchors(
+        (32, 32), strides=(8, 16), scales=(8, 16), ratios=(1.0, 2.0), octaves=(1.0, 2.0)
+    )
+    assert anchors_per_level((32, 32), (8, 16), 4) == [16 * 4, 4 * 4]
+    assert anchors.shape == (16 * 4 + 4 * 4, 4)
+    # The first cell of the first level: (octave 1, ratio 1), (1, 2), (2, 1), (2, 2), all centred on (4, 4).
+    np.testing.assert_allclose(box_area(anchors[:4]), [64, 64, 256, 256], rtol=1e-6)
+    np.testing.assert_allclose(anchors[0], [0, 0, 8, 8])
+    np.testing.assert_allclose(anchors[2], [-4, -4, 12, 12])
+    np.testing.assert_allclose((anchors[:4, :2] + anchors[:4, 2:]) / 2, 4.0)
+    np.testing.assert_allclose(anchors[4] - anchors[0], [0, 8, 0, 8])  # the next column
+    np.testing.assert_allclose(box_area(anchors[64:68]), [256, 256, 1024, 1024], rtol=1e-6)
