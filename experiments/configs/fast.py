@@ -10,8 +10,8 @@ of 1.2 (`maskrcnn anchors`, table in experiments/results/learning_ablation.md). 
 out by the many P2 anchors. Training jitters the stains (HED-light, Tellez et al. 2019) and the
 brightness, contrast and saturation, since slides from other centres differ in colour. Dense tumour
 patches hold a few hundred nuclei: 256 ground-truth and detection slots. Ground-truth boxes join the
-proposals so the heads train while the RPN is young. Matterport's COCO weights are ResNet101's, so this ResNet50 starts from keras.applications' ImageNet
-weights instead (downloaded by Keras; offline, pass the file: README, Transfer learning), which want
+proposals so the heads train while the RPN is young. Matterport's COCO weights are ResNet101's, so this
+ResNet50 starts from keras.applications' ImageNet weights instead (downloaded by Keras; offline, pass the file: README, Transfer learning), which want
 keras.applications' ResNet and caffe-style input (BGR minus the ImageNet mean).
 
     make train CONFIG=fast
