@@ -6,13 +6,14 @@ so the RPN learned most of them from a single best-anchor positive; three scales
 octaves) lift that to 37% (94% at IoU >= 0.5), and ATSS (Zhang et al. 2020) picks each nucleus's
 positives from its nearest anchors by an IoU threshold adapted to it: 8.4 positives per nucleus instead
 of 1.2 (`maskrcnn anchors`, table in experiments/results/learning_ablation.md). Proposals are the best
-1000 of each level with NMS per level (torchvision, detectron2), so the coarse levels are not crowded
-out by the many P2 anchors. Training jitters the stains (HED-light, Tellez et al. 2019) and the
-brightness, contrast and saturation, since slides from other centres differ in colour. Dense tumour
-patches hold a few hundred nuclei: 256 ground-truth and detection slots. Ground-truth boxes join the
-proposals so the heads train while the RPN is young. Matterport's COCO weights are ResNet101's, so this
-ResNet50 starts from keras.applications' ImageNet weights instead (downloaded by Keras; offline, pass the file: README, Transfer learning), which want
-keras.applications' ResNet and caffe-style input (BGR minus the ImageNet mean).
+1000 of each level with NMS per level (torchvision, detectron2), so the coarse levels are not crowded out
+by the many P2 anchors. Training jitters the stains (HED-light, Tellez et al. 2019) and the brightness,
+contrast and saturation, since slides from other centres differ in colour. Dense tumour patches hold a
+few hundred nuclei: 256 ground-truth and detection slots. Ground-truth boxes join the proposals so the
+heads train while the RPN is young. Matterport's COCO weights are ResNet101's, so this ResNet50 starts
+from keras.applications' ImageNet weights instead (downloaded by Keras; offline, pass the file: README,
+Transfer learning), which want keras.applications' ResNet and caffe-style input (BGR minus the ImageNet
+mean).
 
     make train CONFIG=fast
 """
