@@ -69,6 +69,43 @@ ROWS = [
 ]
 
 
+# Anchor and assignment options measured by `maskrcnn anchors` on the training nuclei of fold 1.
+COVERAGE = [
+    ("1 scale per level, IoU 0.7/0.3 (today; Matterport)", []),
+    ("1 scale, IoU 0.5/0.3", ["model.rpn_positive_iou=0.5"]),
+    ("1 scale, ATSS", ["model.rpn_assignment='atss'"]),
+    ("3 octaves, IoU 0.7/0.3", [OCTAVES]),
+    ("3 octaves, IoU 0.6/0.3", [OCTAVES, "model.rpn_positive_iou=0.6"]),
+    ("3 octaves, IoU 0.5/0.3", [OCTAVES, "model.rpn_positive_iou=0.5"]),
+    ("3 octaves, ATSS (the new `learning` and `fast`)", ANCHORS),
+    (
+        "512 px (2x upscaled), scales 16-256, IoU 0.7/0.3",
+        ["data.image_size=512", "model.anchor_scales=(16,32,64,128,256)"],
+    ),
+    (
+        "512 px, scales 16-256, 3 octaves, IoU 0.7/0.3",
+        ["data.image_size=512", "model.anchor_scales=(16,32,64,128,256)", OCTAVES],
+    ),
+]
+
+
+def coverage_table(work: str) -> str:
+    from maskrcnn.config import apply_overrides, load_config
+    from maskrcnn.diagnostics import anchor_coverage, format_coverage
+
+    cached = os.path.join(work, "coverage.json")
+    results = json.load(open(cached)) if os.path.exists(cached) else {}
+    base = os.path.join(HERE, "configs", "learning.py")
+    reset = ["model.anchor_octaves=(1.0,)", "model.rpn_assignment='iou'"]  # the options start from today's
+    for label, overrides in COVERAGE:
+        if label not in results:
+            config = apply_overrides(load_config(base), [*reset, *overrides])
+            results[label] = anchor_coverage(config, os.path.join(work, "folds", "Fold 1"))
+            with open(cached, "w") as f:
+                json.dump(results, f, indent=1)
+    return format_coverage([(label, results[label]) for label, _ in COVERAGE])
+
+
 def evaluate_row(work: str, name: str, run: str, overrides: list[str]) -> dict:
     import numpy as np
 
@@ -141,8 +178,10 @@ def main(argv=None) -> int:
             )
     table = "\n".join(lines)
     print(table)
+    coverage = coverage_table(work)
+    print(coverage)
     with open(os.path.join(work, "ablation_table.md"), "w") as f:
-        f.write(table + "\n")
+        f.write(table + "\n\n" + coverage + "\n")
     return 0
 
 

@@ -294,6 +294,7 @@ def main(argv=None) -> int:
         from maskrcnn.train.loop import load_trained
 
         _, model = load_trained(workdir)
+        model.set_inference_config(config.model)  # the config file's inference settings, if changed since
         with open(timing) as f:
             seconds = json.load(f)["seconds"]
         print(f"   reusing the trained model in {workdir} ({seconds / 60:.1f} min)")

@@ -19,7 +19,8 @@ from scipy import ndimage
 
 from maskrcnn import input_pipeline, targets
 from maskrcnn.config import Config
-from maskrcnn.ops import anchors_per_level, generate_anchors, pairwise_iou
+from maskrcnn.model.maskrcnn import anchor_assignment, config_anchors
+from maskrcnn.ops import pairwise_iou
 
 
 def nucleus_boxes(instances: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -27,20 +28,6 @@ def nucleus_boxes(instances: np.ndarray, scale: float = 1.0) -> np.ndarray:
     slices = [s for s in ndimage.find_objects(np.asarray(instances)) if s is not None]
     boxes = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in slices], np.float32)
     return boxes.reshape(-1, 4) * scale
-
-
-def config_anchors(config: Config) -> tuple[np.ndarray, tuple[int, ...]]:
-    """The anchors of ``config`` at its image size and the number on each FPN level."""
-    m, size = config.model, (config.data.image_size,) * 2
-    anchors = generate_anchors(
-        size,
-        strides=m.anchor_strides,
-        scales=m.anchor_scales,
-        ratios=m.anchor_ratios,
-        octaves=m.anchor_octaves,
-    )
-    per_location = len(m.anchor_ratios) * len(m.anchor_octaves)
-    return anchors, tuple(anchors_per_level(size, m.anchor_strides, per_location))
 
 
 def anchor_coverage(config: Config, split: str, *, max_images: int | None = None) -> dict:
@@ -51,17 +38,11 @@ def anchor_coverage(config: Config, split: str, *, max_images: int | None = None
     anchor whose regression target is that nucleus); ``mean_positives`` positives per nucleus;
     ``iou70`` / ``iou50`` the shares whose best anchor has IoU >= 0.7 / 0.5; ``median_best_iou``.
     """
-    m = config.model
-    anchors, level_sizes = config_anchors(config)
+    size = (config.data.image_size,) * 2
+    anchors = config_anchors(config.model, size)
     assign = jax.jit(
         functools.partial(
-            targets.assign_anchors,
-            jnp.asarray(anchors),
-            rule=m.rpn_assignment,
-            positive_iou=m.rpn_positive_iou,
-            negative_iou=m.rpn_negative_iou,
-            topk=m.atss_topk,
-            level_sizes=level_sizes,
+            targets.assign_anchors, jnp.asarray(anchors), **anchor_assignment(config.model, size)
         )
     )
     source = input_pipeline.open_split(config.data, split)

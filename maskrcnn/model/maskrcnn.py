@@ -270,30 +270,13 @@ class MaskRCNN(keras.Model):
 
     # ----------------------------------------------------------------------------------------------
     def anchors(self, size: tuple[int, int]) -> np.ndarray:
-        cfg = self.config
-        return _anchors(
-            size,
-            tuple(cfg.anchor_strides),
-            tuple(cfg.anchor_scales),
-            tuple(cfg.anchor_ratios),
-            tuple(cfg.anchor_octaves),
-        )
+        return config_anchors(self.config, size)
 
     def anchor_level_sizes(self, size: tuple[int, int]) -> tuple[int, ...]:
-        cfg = self.config
-        per_location = len(cfg.anchor_ratios) * len(cfg.anchor_octaves)
-        return tuple(anchors_per_level(size, cfg.anchor_strides, per_location))
+        return anchor_level_sizes(self.config, size)
 
     def anchor_assignment(self, size: tuple[int, int]) -> dict:
-        """The keyword arguments of :func:`maskrcnn.targets.assign_anchors` this config asks for."""
-        cfg = self.config
-        return {
-            "rule": cfg.rpn_assignment,
-            "positive_iou": cfg.rpn_positive_iou,
-            "negative_iou": cfg.rpn_negative_iou,
-            "topk": cfg.atss_topk,
-            "level_sizes": self.anchor_level_sizes(size),
-        }
+        return anchor_assignment(self.config, size)
 
     @staticmethod
     def _image_size(images) -> tuple[int, int]:
@@ -327,8 +310,32 @@ class MaskRCNN(keras.Model):
 
 
 @functools.lru_cache(maxsize=8)
-def _anchors(size, strides, scales, ratios, octaves) -> np.ndarray:
-    return generate_anchors(size, strides=strides, scales=scales, ratios=ratios, octaves=octaves)
+def config_anchors(config: ModelConfig, size: tuple[int, int]) -> np.ndarray:
+    """float32 (A, 4): the anchors of ``config`` for (H, W) images (cached; configs are frozen)."""
+    return generate_anchors(
+        size,
+        strides=config.anchor_strides,
+        scales=config.anchor_scales,
+        ratios=config.anchor_ratios,
+        octaves=config.anchor_octaves,
+    )
+
+
+def anchor_level_sizes(config: ModelConfig, size: tuple[int, int]) -> tuple[int, ...]:
+    """Anchors on each FPN level of :func:`config_anchors`."""
+    per_location = len(config.anchor_ratios) * len(config.anchor_octaves)
+    return tuple(anchors_per_level(size, config.anchor_strides, per_location))
+
+
+def anchor_assignment(config: ModelConfig, size: tuple[int, int]) -> dict:
+    """The keyword arguments of :func:`maskrcnn.targets.assign_anchors` that ``config`` asks for."""
+    return {
+        "rule": config.rpn_assignment,
+        "positive_iou": config.rpn_positive_iou,
+        "negative_iou": config.rpn_negative_iou,
+        "topk": config.atss_topk,
+        "level_sizes": anchor_level_sizes(config, size),
+    }
 
 
 def build_model(config: ModelConfig, image_size: int, *, mini_masks: bool = True, **parts) -> MaskRCNN:
