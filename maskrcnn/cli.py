@@ -154,11 +154,18 @@ def cmd_demo(args):
     )
 
 
+# Errors of the user's input (a bad path, config value or file): the message is printed, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="maskrcnn", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of every error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model (the paper's two stages by default)")
+    p = sub.add_parser("train", parents=[common], help="train a model (the paper's two stages by default)")
     _add_config_args(p)
     p.add_argument("--workdir", help="where checkpoints, logs and weights go (default runs/<config>)")
     p.add_argument("--stage", action="append", help="run only this stage (heads, all, ...); repeatable")
@@ -175,7 +182,9 @@ def main(argv=None):
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="bPQ/mPQ per tissue and mask AP of a trained model on a split")
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="bPQ/mPQ per tissue and mask AP of a trained model on a split"
+    )
     p.add_argument("--workdir", required=True, help="the training run (config.json, model.weights.h5)")
     p.add_argument(
         "--split",
@@ -193,7 +202,9 @@ def main(argv=None):
     )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="segment nuclei in images of any size (PNG, JPEG, TIFF)")
+    p = sub.add_parser(
+        "predict", parents=[common], help="segment nuclei in images of any size (PNG, JPEG, TIFF)"
+    )
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--workdir", required=True, help="the training run (config.json, model.weights.h5)")
     p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
@@ -208,7 +219,9 @@ def main(argv=None):
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
-        "anchors", help="share of a split's nuclei with a positive RPN anchor, and positives per nucleus"
+        "anchors",
+        parents=[common],
+        help="share of a split's nuclei with a positive RPN anchor, and positives per nucleus",
     )
     _add_config_args(p)
     p.add_argument(
@@ -217,7 +230,9 @@ def main(argv=None):
     p.add_argument("--max-images", type=int, help="look at the first N images only")
     p.set_defaults(func=cmd_anchors)
 
-    p = sub.add_parser("demo", help="the whole job on a generated synthetic sample, on the CPU")
+    p = sub.add_parser(
+        "demo", parents=[common], help="the whole job on a generated synthetic sample, on the CPU"
+    )
     _add_config_args(p)
     p.set_defaults(config="demo")
     p.add_argument("--dir", default="runs/demo", help="where the sample, dataset, model and report go")
@@ -226,7 +241,14 @@ def main(argv=None):
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"maskrcnn {args.command}: error: {error}", file=sys.stderr)
+        print("(maskrcnn --debug ... shows where it came from)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -161,6 +161,9 @@ class Config:
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
+        problems = validate(self)
+        if problems:
+            raise ValueError(f"config {self.name!r}: " + "; ".join(problems))
         if self.model.num_classes != self.data.num_classes:
             raise ValueError(
                 f"model.num_classes={self.model.num_classes} but data.variant={self.data.variant!r} has "
@@ -172,6 +175,204 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def _type_problems(value, tp, where: str) -> list[str]:
+    """Whether ``value`` has the annotated type ``tp`` (an int passes for a float, a bool for neither)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, tp):
+            return [f"{where} must be a {tp.__name__}, got {value!r}"]
+        hints = typing.get_type_hints(tp)
+        return [
+            p
+            for f in dataclasses.fields(tp)
+            for p in _type_problems(getattr(value, f.name), hints[f.name], f"{where}.{f.name}")
+        ]
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in typing.get_args(tp):
+            return []
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_problems(value, args[0], where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        elements = [args[0]] * len(value) if args[-1] is Ellipsis and isinstance(value, tuple) else list(args)
+        if not isinstance(value, tuple) or len(elements) != len(value):
+            length = "any length" if args[-1] is Ellipsis else len(args)
+            return [f"{where} must be a tuple of {length}, got {value!r}"]
+        return [
+            p
+            for i, (v, e) in enumerate(zip(value, elements, strict=True))
+            for p in _type_problems(v, e, f"{where}[{i}]")
+        ]
+    expected = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}.get(tp)
+    if expected is None:
+        return []
+    if isinstance(value, bool) and tp is not bool or not isinstance(value, expected):
+        return [f"{where} must be {tp.__name__}, got {value!r} ({type(value).__name__})"]
+    return []
+
+
+STAGE_LAYERS = ("heads", "3+", "4+", "5+", "all")
+
+
+def validate(config: Config) -> list[str]:
+    """Every problem with ``config``'s values, each naming the field, the value and the rule ([] if none).
+
+    Checked when a :class:`Config` is made (also by :func:`apply_overrides` and when a run's config.json is
+    read), so a bad value stops the command before anything is built.
+    """
+    problems = [
+        p
+        for section in ("data", "model", "train")
+        for p in _type_problems(getattr(config, section), typing.get_type_hints(Config)[section], section)
+    ]
+    if problems:
+        return problems  # the range rules below assume the types
+    d, m, t = config.data, config.model, config.train
+
+    def rule(ok: bool, field: str, value, text: str):
+        if not ok:
+            problems.append(f"{field}={value!r} {text}")
+
+    def unit(field, value, low_open=False):
+        rule(
+            (0 < value if low_open else 0 <= value) and value <= 1,
+            field,
+            value,
+            "must be in " + ("(0, 1]" if low_open else "[0, 1]"),
+        )
+
+    def positive(field, value):
+        rule(value >= 1, field, value, "must be at least 1")
+
+    rule(d.builder in ("pannuke", "synthetic"), "data.builder", d.builder, "must be 'pannuke' or 'synthetic'")
+    rule(
+        d.variant in ("neoplastic", "all_classes", "nuclei"),
+        "data.variant",
+        d.variant,
+        "must be 'neoplastic', 'all_classes' or 'nuclei'",
+    )
+    rule(
+        d.image_size > 0 and d.image_size % 64 == 0,
+        "data.image_size",
+        d.image_size,
+        "must be a positive multiple of 64 (the FPN's coarsest stride)",
+    )
+    positive("data.max_instances", d.max_instances)
+    rule(
+        d.mini_mask_size is None or d.mini_mask_size >= 2,
+        "data.mini_mask_size",
+        d.mini_mask_size,
+        "must be None (full masks) or at least 2",
+    )
+    positive("data.synthetic_images_per_fold", d.synthetic_images_per_fold)
+    rule(
+        0 <= d.max_rotation_degrees <= 180,
+        "data.max_rotation_degrees",
+        d.max_rotation_degrees,
+        "must be in [0, 180]",
+    )
+    for name in ("hed_jitter", "brightness", "contrast", "saturation"):
+        value = getattr(d, name)
+        rule(0 <= value < 1, f"data.{name}", value, "must be in [0, 1) (0 turns it off)")
+
+    rule(
+        m.backbone_style in ("keras", "matterport"),
+        "model.backbone_style",
+        m.backbone_style,
+        "must be 'keras' or 'matterport'",
+    )
+    for name in (
+        "num_classes",
+        "backbone_width",
+        "fpn_channels",
+        "rpn_train_anchors_per_image",
+        "pre_nms_limit",
+        "post_nms_rois_training",
+        "post_nms_rois_inference",
+        "train_rois_per_image",
+        "pool_size",
+        "mask_pool_size",
+        "mask_size",
+        "box_head_width",
+        "mask_head_width",
+        "detection_max_instances",
+        "atss_topk",
+    ):
+        positive(f"model.{name}", getattr(m, name))
+    rule(
+        len(m.anchor_scales) == len(m.anchor_strides),
+        "model.anchor_scales",
+        m.anchor_scales,
+        f"must hold one scale per stride of model.anchor_strides={m.anchor_strides}",
+    )
+    for name in ("anchor_scales", "anchor_strides", "anchor_ratios", "anchor_octaves"):
+        value = getattr(m, name)
+        rule(
+            len(value) > 0 and all(v > 0 for v in value),
+            f"model.{name}",
+            value,
+            "must be non-empty and positive",
+        )
+    rule(
+        m.rpn_assignment in ("iou", "atss"),
+        "model.rpn_assignment",
+        m.rpn_assignment,
+        "must be 'iou' or 'atss'",
+    )
+    unit("model.rpn_positive_iou", m.rpn_positive_iou)
+    unit("model.rpn_negative_iou", m.rpn_negative_iou)
+    rule(
+        m.rpn_negative_iou <= m.rpn_positive_iou,
+        "model.rpn_negative_iou",
+        m.rpn_negative_iou,
+        f"must not exceed model.rpn_positive_iou={m.rpn_positive_iou}",
+    )
+    for name in ("rpn_nms_threshold", "detection_min_confidence", "detection_nms_threshold"):
+        unit(f"model.{name}", getattr(m, name))
+    unit("model.roi_positive_ratio", m.roi_positive_ratio, low_open=True)
+    rule(0 < m.mask_threshold < 1, "model.mask_threshold", m.mask_threshold, "must be in (0, 1)")
+    candidates = m.post_nms_rois_training + (d.max_instances if m.add_gt_as_proposals else 0)
+    rule(
+        m.train_rois_per_image <= candidates,
+        "model.train_rois_per_image",
+        m.train_rois_per_image,
+        f"must not exceed the {candidates} ROI candidates (model.post_nms_rois_training"
+        + (" + data.max_instances" if m.add_gt_as_proposals else "")
+        + ")",
+    )
+    rule(m.roi_canonical_size > 0, "model.roi_canonical_size", m.roi_canonical_size, "must be positive")
+
+    positive("train.batch_size", t.batch_size)
+    rule(len(t.stages) > 0, "train.stages", t.stages, "must hold at least one stage")
+    for i, stage in enumerate(t.stages):
+        rule(
+            stage.layers in STAGE_LAYERS,
+            f"train.stages[{i}].layers",
+            stage.layers,
+            f"must be one of {STAGE_LAYERS}",
+        )
+        rule(stage.epochs >= 0, f"train.stages[{i}].epochs", stage.epochs, "must be at least 0")
+        rule(
+            stage.learning_rate > 0,
+            f"train.stages[{i}].learning_rate",
+            stage.learning_rate,
+            "must be positive",
+        )
+    rule(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
+    rule(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be at least 0")
+    rule(t.clip_global_norm > 0, "train.clip_global_norm", t.clip_global_norm, "must be positive")
+    rule(t.lr_power > 0, "train.lr_power", t.lr_power, "must be positive")
+    rule(
+        t.steps_per_epoch is None or t.steps_per_epoch >= 1,
+        "train.steps_per_epoch",
+        t.steps_per_epoch,
+        "must be None (one pass over the split) or at least 1",
+    )
+    positive("train.checkpoint_every_steps", t.checkpoint_every_steps)
+    positive("train.max_consecutive_nonfinite", t.max_consecutive_nonfinite)
+    return problems
 
 
 def config_from_dict(d: dict) -> Config:

@@ -222,6 +222,40 @@ def list_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
+def output_names(paths: list[str]) -> list[str]:
+    """The name each input's outputs are written under: its file name without the suffix, or with the
+    suffix (``a_png``, ``a_jpg``) where two inputs would otherwise share one.
+
+    Raises:
+      ValueError when two inputs still share a name (the same file name in two folders).
+    """
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    names = [
+        stem if stems.count(stem) == 1 else os.path.basename(path).replace(".", "_")
+        for stem, path in zip(stems, paths, strict=True)
+    ]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        same = [p for p, n in zip(paths, names, strict=True) if n in clashes]
+        raise ValueError(
+            f"inputs {', '.join(same)} would write the same output files ({', '.join(clashes)}_*); "
+            "predict them into separate --out folders"
+        )
+    return names
+
+
+def check_arguments(inputs: list[str], out_dir: str, overlap: int) -> list[tuple[str, str]]:
+    """Checks what ``predict_files`` was given before any model is built; returns (path, name) pairs."""
+    if not 0 <= overlap < TILE:
+        raise ValueError(f"--overlap {overlap}: must be in [0, {TILE}) (pixels shared by {TILE} px tiles)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"--out {out_dir} is a file; give a folder for the outputs")
+    paths = list_inputs(inputs)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(inputs)}")
+    return list(zip(paths, output_names(paths), strict=True))
+
+
 def make_tile_predictor(config, model):
     """A ``predict_tiles`` for :func:`segment_large` from a trained model and its config."""
     from maskrcnn import input_pipeline
@@ -257,11 +291,11 @@ def predict_files(
 
     from maskrcnn.train.loop import load_trained
 
+    jobs = check_arguments(inputs, out_dir, overlap)
     config, model = load_trained(workdir)
     predict_tiles = make_tile_predictor(config, model)
     failed = []
-    for path in tqdm(list_inputs(inputs), desc="predict", disable=not progress, dynamic_ncols=True):
-        name = os.path.splitext(os.path.basename(path))[0]
+    for path, name in tqdm(jobs, desc="predict", disable=not progress, dynamic_ncols=True):
         try:
             image = read_image(path)
         except ImageError as error:

@@ -309,8 +309,14 @@ def load_trained(workdir: str) -> tuple[Config, MaskRCNN]:
     config_path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run (make train)")
-    with open(config_path) as f:
-        config = config_from_dict(json.load(f))
+    try:
+        with open(config_path) as f:
+            config = config_from_dict(json.load(f))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{config_path} is not valid JSON ({error}): the file is damaged. It is the config the run was "
+            "trained with; restore it from a copy (each checkpoint's meta.json records the stage and step)"
+        ) from None
     model = build_model(
         config.model, config.data.image_size, mini_masks=config.data.mini_mask_size is not None
     )
@@ -319,6 +325,12 @@ def load_trained(workdir: str) -> tuple[Config, MaskRCNN]:
         raise FileNotFoundError(f"{weights} not found: train a model into {workdir} first (make train)")
     try:
         model.load_weights(weights)
+    except OSError as error:  # h5py: truncated or not an HDF5 file
+        raise ValueError(
+            f"{weights} cannot be read ({error}): the file is damaged or incomplete. Write it again from the "
+            f"newest checkpoint with `maskrcnn train --resume --workdir {workdir}` (a finished run only "
+            "rewrites the weights)"
+        ) from None
     except ValueError as error:
         first = str(error).strip().splitlines()[0]
         raise ValueError(

@@ -1,0 +1,114 @@
+"""What the project refuses, and why: hostile but realistic inputs (issue 19), each with the message a
+user gets. Scan the test names for the list."""
+
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskrcnn import cli
+from maskrcnn.config import apply_overrides, load_config
+from maskrcnn.predict import output_names, predict_files
+
+# ----------------------------------------------------------------------------------------- configs
+BAD_VALUES = [
+    ("data.image_size=250", "data.image_size=250 must be a positive multiple of 64"),
+    ("train.batch_size=0", "train.batch_size=0 must be at least 1"),
+    ("train.checkpoint_every_steps=0", "train.checkpoint_every_steps=0 must be at least 1"),
+    ("model.rpn_nms_threshold=high", "model.rpn_nms_threshold must be float, got 'high'"),
+    ("train.batch_size=True", "train.batch_size must be int, got True"),
+    ("model.anchor_scales=(4, 8)", "must hold one scale per stride"),
+    ("model.rpn_positive_iou=1.5", "model.rpn_positive_iou=1.5 must be in [0, 1]"),
+    ("model.rpn_negative_iou=0.8", "must not exceed model.rpn_positive_iou=0.7"),
+    ("model.rpn_assignment=atts", "model.rpn_assignment='atts' must be 'iou' or 'atss'"),
+    ("data.hed_jitter=2.0", "data.hed_jitter=2.0 must be in [0, 1)"),
+    ("model.train_rois_per_image=10000", "must not exceed the"),
+    ("data.mini_mask_size=0", "data.mini_mask_size=0 must be None (full masks) or at least 2"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_a_bad_config_value_is_refused_when_the_config_is_made(override, message):
+    with pytest.raises(ValueError, match="config 'tiny'") as error:
+        apply_overrides(load_config("tiny"), [override])
+    assert message in str(error.value)
+
+
+def test_every_preset_is_valid_and_a_config_file_with_bad_values_is_refused(tmp_path):
+    for name in ("paper", "fast", "tiny", "demo", "learning", "learning_classes"):
+        load_config(name)
+    path = tmp_path / "mine.py"
+    path.write_text(
+        "import dataclasses\nfrom maskrcnn.config import load_config\n"
+        "def get_config():\n    c = load_config('tiny')\n"
+        "    return dataclasses.replace(c, train=dataclasses.replace(c.train, batch_size=-2))\n"
+    )
+    with pytest.raises(ValueError, match="train.batch_size=-2 must be at least 1"):
+        load_config(str(path))
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+def test_cli_errors_print_the_message_not_a_traceback(tmp_path, capsys):
+    assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "maskrcnn evaluate: error:" in err and "config.json not found" in err
+    assert "Traceback" not in err
+    assert cli.main(["train", "--config", "tiny", "--set", "train.batch_size=0"]) == 2
+    assert "train.batch_size=0 must be at least 1" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):  # --debug: the traceback, for bug reports
+        cli.main(["--debug", "evaluate", "--workdir", str(tmp_path)])
+    with pytest.raises(FileNotFoundError):
+        cli.main(["evaluate", "--workdir", str(tmp_path), "--debug"])
+
+
+def _tiny_run(tmp_path):
+    """A workdir as `train` leaves it: config.json and model.weights.h5 of the tiny config."""
+    from maskrcnn.model import build_model
+
+    config = load_config("tiny")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(config.to_json())
+    build_model(config.model, config.data.image_size).save_weights(str(workdir / "model.weights.h5"))
+    return config, workdir
+
+
+def test_a_damaged_run_names_the_file_and_the_fix(tmp_path):
+    from maskrcnn.train.loop import load_trained
+
+    _, workdir = _tiny_run(tmp_path)
+    weights = workdir / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:5000])  # truncated, as by a full disk
+    with pytest.raises(ValueError, match=r"model.weights.h5 cannot be read .* --resume"):
+        load_trained(str(workdir))
+    (workdir / "config.json").write_text('{"name": "tiny", "data": {')
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        load_trained(str(workdir))
+
+
+# ------------------------------------------------------------------------------------------ predict
+def test_inputs_that_would_write_the_same_outputs_keep_their_suffix_or_are_refused():
+    assert output_names(["d/a.png", "d/a.jpg", "d/b.png"]) == ["a_png", "a_jpg", "b"]
+    with pytest.raises(ValueError, match="would write the same output files"):
+        output_names(["x/a.png", "y/a.png"])
+
+
+@pytest.mark.parametrize("overlap", [-1, 256, 300])
+def test_an_overlap_without_tiles_is_refused_before_the_model_is_built(tmp_path, overlap):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=rf"--overlap {overlap}: must be in \[0, 256\)"):
+        predict_files(str(tmp_path / "no-run"), [str(tmp_path)], str(tmp_path / "out"), overlap=overlap)
+
+
+def test_missing_inputs_and_a_file_as_output_folder_are_found_before_the_model_is_built(tmp_path):
+    # The workdir does not exist either: reaching the model would raise about its config.json instead.
+    with pytest.raises(FileNotFoundError, match="missing.png: no such file or folder"):
+        predict_files(str(tmp_path / "no-run"), [str(tmp_path / "missing.png")], str(tmp_path / "out"))
+    (tmp_path / "out.txt").write_text("")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(NotADirectoryError, match="out.txt is a file"):
+        predict_files(str(tmp_path / "no-run"), [str(tmp_path / "a.png")], str(tmp_path / "out.txt"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        predict_files(str(tmp_path / "no-run"), [str(empty)], str(tmp_path / "out"))
