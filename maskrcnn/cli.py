@@ -55,7 +55,14 @@ def cmd_train(args):
     else:
         stages = None
     workdir = args.workdir or f"runs/{config.name}"
-    train(config, workdir, resume=args.resume, stages=stages, validate=not args.no_validation)
+    train(
+        config,
+        workdir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        stages=stages,
+        validate=not args.no_validation,
+    )
     print(f"trained weights and config in {workdir}/")
 
 
@@ -171,6 +178,9 @@ def main(argv=None):
     p.add_argument("--stage", action="append", help="run only this stage (heads, all, ...); repeatable")
     p.add_argument("--epochs", type=int, help="epochs of every stage (overrides the config)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --workdir and start again"
+    )
     p.add_argument(
         "--init",
         help="initial weights (sets train.init): 'imagenet' (keras.applications' ResNet), an .h5 file "

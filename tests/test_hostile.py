@@ -1,6 +1,8 @@
 """What the project refuses, and why: hostile but realistic inputs (issue 19), each with the message a
 user gets. Scan the test names for the list."""
 
+import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -112,3 +114,79 @@ def test_missing_inputs_and_a_file_as_output_folder_are_found_before_the_model_i
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no images"):
         predict_files(str(tmp_path / "no-run"), [str(empty)], str(tmp_path / "out"))
+
+
+# ------------------------------------------------------------------------------- runs and checkpoints
+def _fake_run(workdir, config, steps=(2, 4)):
+    """A workdir as a killed run leaves it: config.json, log.csv and checkpoints at ``steps``."""
+    from maskrcnn.train import checkpoint
+
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json())
+    with open(os.path.join(workdir, "log.csv"), "w") as f:
+        f.write("stage,step\n")
+    return [
+        checkpoint.save(
+            workdir, {"w": np.full(3, s, np.float32)}, {"stage": 0, "step": s, "config": config.to_dict()}
+        )
+        for s in steps
+    ]
+
+
+def test_a_used_workdir_is_refused_without_resume_or_overwrite(tmp_path):
+    from maskrcnn.train.loop import open_workdir, train
+
+    config = load_config("tiny")
+    workdir = str(tmp_path / "run")
+    _fake_run(workdir, config)
+    before = open(os.path.join(workdir, "config.json")).read()
+    other = dataclasses.replace(config, name="another")
+    with pytest.raises(
+        ValueError, match=r"already holds a training run \(config.json, log.csv, checkpoints\)"
+    ):
+        train(other, workdir)
+    assert open(os.path.join(workdir, "config.json")).read() == before  # nothing was written
+    with pytest.raises(ValueError, match="give one"):
+        open_workdir(workdir, config, resume=True, overwrite=True)
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert open_workdir(workdir, config, resume=False, overwrite=True) is None
+    assert sorted(os.listdir(workdir)) == ["notes.txt"]  # the run is gone, the user's file is not
+
+
+def test_a_resume_with_another_config_is_refused_before_anything_is_written(tmp_path):
+    from maskrcnn.config import StageConfig
+    from maskrcnn.train.loop import open_workdir, train
+
+    config = load_config("tiny")
+    workdir = str(tmp_path / "run")
+    paths = _fake_run(workdir, config)
+    before = open(os.path.join(workdir, "config.json")).read()
+    bigger = apply_overrides(config, ["data.image_size=192", "train.batch_size=4"])
+    with pytest.raises(ValueError, match=r"data.image_size: 128 -> 192; .*train.batch_size: 2 -> 4"):
+        train(bigger, workdir, resume=True)
+    assert open(os.path.join(workdir, "config.json")).read() == before
+    longer = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, stages=(StageConfig("all", "all", 5, 1e-2),))
+    )
+    assert open_workdir(workdir, longer, resume=True, overwrite=False) == paths[-1]  # epochs may change
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_readable_one(tmp_path, capsys):
+    from maskrcnn.train.loop import open_workdir
+
+    config = load_config("tiny")
+    workdir = str(tmp_path / "run")
+    older, newest = _fake_run(workdir, config)
+    with open(os.path.join(newest, "state.npz"), "r+b") as f:
+        f.truncate(40)
+    stale = os.path.join(workdir, "checkpoints", ".tmp-killed")
+    os.makedirs(stale)
+    assert open_workdir(workdir, config, resume=True, overwrite=False) == older
+    out = capsys.readouterr().out
+    assert f"resume: skipping {newest}, it cannot be read (BadZipFile" in out
+    assert not os.path.exists(stale)  # what a killed write left is cleaned up
+    with open(os.path.join(older, "meta.json"), "w") as f:
+        f.write("{")
+    with pytest.raises(ValueError, match="no checkpoint in .* can be read"):
+        open_workdir(workdir, config, resume=True, overwrite=False)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 
 import jax
 import numpy as np
@@ -59,6 +60,34 @@ def list_checkpoints(workdir: str) -> list[str]:
         if m and os.path.exists(os.path.join(root, name, "meta.json")):
             found.append(((int(m[1]), int(m[2])), os.path.join(root, name)))
     return [path for _, path in sorted(found)]
+
+
+def problem(path: str) -> str | None:
+    """Why the checkpoint at ``path`` cannot be read (its meta.json, or a damaged state.npz), or None."""
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            meta = json.load(f)
+        int(meta["stage"]), int(meta["step"])
+        with zipfile.ZipFile(os.path.join(path, "state.npz")) as archive:
+            bad = archive.testzip()  # reads every array and checks its CRC
+        if bad is not None:
+            return f"state.npz: {bad} is damaged"
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def remove_partial(workdir: str) -> list[str]:
+    """Deletes the ``.tmp-*`` folders that writes killed mid-way left in ``workdir``'s checkpoints."""
+    root = os.path.join(workdir, "checkpoints")
+    stale = (
+        [os.path.join(root, n) for n in os.listdir(root) if n.startswith(".tmp-")]
+        if os.path.isdir(root)
+        else []
+    )
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def latest(workdir: str) -> str | None:

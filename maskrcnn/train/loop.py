@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import time
 
 import jax
@@ -37,6 +39,86 @@ from maskrcnn.train.step import (
 
 WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "config.json"
+# What `train` writes into a workdir: a folder holding any of these holds a run.
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, "log.csv", "init.txt", "checkpoints", "tensorboard")
+# Config fields a resumed run may change (anything else must equal the checkpoint's config): how long
+# each stage trains (the linear decay then stretches to the new last epoch from the step reached), and
+# housekeeping that does not touch the model or the data order.
+RESUMABLE = (
+    "train.stages[*].epochs",
+    "train.checkpoint_every_steps",
+    "train.max_consecutive_nonfinite",
+    "train.init",
+    "data.data_dir",
+)
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list | tuple) and tree and isinstance(tree[0], dict):
+        return {k: v for i, sub in enumerate(tree) for k, v in _flatten(sub, f"{prefix}[{i}].").items()}
+    return {prefix[:-1].replace(".[", "["): list(tree) if isinstance(tree, tuple) else tree}
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Fields (``section.field``, ``train.stages[0].epochs``) whose values differ between two config dicts
+    and that a resume may not change."""
+    a, b = _flatten(old), _flatten(new)
+    allowed = [re.compile(re.escape(p).replace(r"\[\*\]", r"\[\d+\]") + "$") for p in RESUMABLE]
+    return [
+        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key) and not any(p.match(key) for p in allowed)
+    ]
+
+
+def open_workdir(workdir: str, config: Config, *, resume: bool, overwrite: bool) -> str | None:
+    """Checks ``workdir`` before anything is written into it; returns the checkpoint to resume from.
+
+    A folder that holds a run (:data:`RUN_FILES`) is refused unless ``resume`` (continue it) or
+    ``overwrite`` (delete that run first). A resume skips damaged checkpoints (newest first, saying why)
+    and is refused when ``config`` differs from the checkpoint's in a field outside :data:`RESUMABLE`.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the workdir and --overwrite deletes it: give one")
+    used = [name for name in RUN_FILES if os.path.exists(os.path.join(workdir, name))]
+    if overwrite:
+        for name in used:
+            path = os.path.join(workdir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        return None
+    if not resume:
+        if used:
+            raise ValueError(
+                f"{workdir} already holds a training run ({', '.join(used)}): --resume continues it, "
+                "--overwrite deletes it and starts again, or give another --workdir"
+            )
+        return None
+    checkpoint.remove_partial(workdir)
+    found = checkpoint.list_checkpoints(workdir)
+    for path in reversed(found):
+        why = checkpoint.problem(path)
+        if why is not None:
+            print(f"resume: skipping {path}, it cannot be read ({why})")
+            continue
+        with open(os.path.join(path, "meta.json")) as f:
+            saved = json.load(f).get("config")
+        if saved is None and os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+            with open(os.path.join(workdir, CONFIG_FILE)) as f:  # checkpoints written before configs were
+                saved = json.load(f)
+        differences = config_differences(saved, config.to_dict()) if saved is not None else []
+        if differences:
+            raise ValueError(
+                f"cannot resume {path} with a different config: {'; '.join(differences)}. Resume with the "
+                f"run's own config ({os.path.join(workdir, CONFIG_FILE)}; only {', '.join(RESUMABLE)} may "
+                "change), or train into another --workdir"
+            )
+        return path
+    if found:
+        raise ValueError(f"no checkpoint in {workdir} can be read (see above); --overwrite starts again")
+    print(f"resume: no checkpoint in {workdir}, starting from scratch")
+    return None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -173,6 +255,7 @@ def train(
     workdir: str,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stages: tuple[int, ...] | None = None,
     model: MaskRCNN | None = None,
     validate: bool = True,
@@ -183,9 +266,12 @@ def train(
 
     Args:
       stages: indices into ``config.train.stages`` to run (default: all, in order).
-      resume: continue from the newest checkpoint in ``workdir``.
+      resume: continue from the newest readable checkpoint in ``workdir`` (see :func:`open_workdir`).
+      overwrite: delete the run already in ``workdir`` first; without it or ``resume`` a used workdir is
+        refused.
       model: start from this model's weights instead of a fresh initialisation (or ``train.init``).
     """
+    restored = open_workdir(workdir, config, resume=resume, overwrite=overwrite)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(config.to_json())
@@ -209,17 +295,13 @@ def train(
     log = CsvLog(os.path.join(workdir, "log.csv"))
     board = _tensorboard(workdir)
     monitor = Monitor(log, board, log_every=log_every, max_nonfinite=tcfg.max_consecutive_nonfinite)
-    start_stage, start_step, restored = 0, 0, None
-    if resume:
-        path = checkpoint.latest(workdir)
-        if path is None:
-            print(f"resume: no checkpoint in {workdir}, starting from scratch")
-        else:
-            with open(os.path.join(path, "meta.json")) as f:
-                meta = json.load(f)
-            start_stage, start_step, restored = int(meta["stage"]), int(meta["step"]), path
-            print(f"resume: {path} (stage {start_stage}, step {start_step})")
-            initialise = False  # the checkpoint holds every weight
+    start_stage, start_step = 0, 0
+    if restored is not None:
+        with open(os.path.join(restored, "meta.json")) as f:
+            meta = json.load(f)
+        start_stage, start_step = int(meta["stage"]), int(meta["step"])
+        print(f"resume: {restored} (stage {start_stage}, step {start_step})")
+        initialise = False  # the checkpoint holds every weight
     if initialise:
         report = pretrained.initialize(model, tcfg.init).summary()
         print(report)
@@ -275,7 +357,11 @@ def train(
                     if step % tcfg.checkpoint_every_steps == 0 or epoch_end or step >= total_steps:
                         monitor.record(*pending)
                         pending = None
-                        checkpoint.save(workdir, state, {**meta, "step": step, "skipped": monitor.skipped})
+                        checkpoint.save(
+                            workdir,
+                            state,
+                            {**meta, "step": step, "skipped": monitor.skipped, "config": config.to_dict()},
+                        )
                     if epoch_end or step >= total_steps:
                         break
                 if pending is not None:
@@ -289,7 +375,9 @@ def train(
                         + " ".join(f"{k} {val[k]:.3f}" for k in LOSS_NAMES)
                     )
             write_state(model, state, mask)
-            model.save_weights(os.path.join(workdir, WEIGHTS_FILE))
+            partial = os.path.join(workdir, ".tmp-" + WEIGHTS_FILE)  # complete or absent, never half-written
+            model.save_weights(partial)
+            os.replace(partial, os.path.join(workdir, WEIGHTS_FILE))
     finally:
         log.close()
         if board is not None:
