@@ -96,9 +96,11 @@ class FoldSource:
 
     def __getitem__(self, i):
         index = self.keys[i]
-        instances, classes = pannuke.instance_and_class_maps(self.masks[index], self.variant)
+        instances, classes = pannuke.instance_and_class_maps(
+            self.masks[index], self.variant, f"{self.masks.path} image {index}"
+        )
         return {
-            "image": np.clip(np.rint(self.images[index]), 0, 255).astype(np.uint8),
+            "image": pannuke.image_uint8(self.images[index], f"{self.images.path} image {index}"),
             "instances": instances,
             "classes": classes,
             "tissue": pannuke.tissue_index(str(self.types[index])),
@@ -123,7 +125,7 @@ def _synthetic_pool(variant: str, images_per_fold: int):
             if pannuke.eligible(mask, variant):
                 instances, classes = pannuke.instance_and_class_maps(mask, variant)
                 examples[(fold, index)] = {
-                    "image": np.clip(np.rint(image), 0, 255).astype(np.uint8),
+                    "image": pannuke.image_uint8(image),
                     "instances": instances,
                     "classes": classes,
                     "tissue": pannuke.tissue_index(tissue),

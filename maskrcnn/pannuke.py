@@ -138,6 +138,8 @@ def open_fold(paths: dict[str, str], opener=open, size: int | None = 256):
     for rows, channels, path in ((images, 3, paths["images.npy"]), (masks, 6, paths["masks.npy"])):
         if rows.shape[1:] != (*hw, channels):
             raise ValueError(f"{path}: expected shape (N, {hw[0]}, {hw[1]}, {channels}), got {rows.shape}")
+    if len(images) == 0:
+        raise ValueError(f"{paths['images.npy']} holds no images: an empty fold; {REBUILD}")
     if not (len(images) == len(masks) == len(types)) or types.ndim != 1:
         raise ValueError(
             f"the fold's files disagree on the number of images: {paths['images.npy']} has {len(images)}, "
@@ -166,7 +168,62 @@ def builder_class():
 
 
 # ------------------------------------------------------------------------------------------ examples
-def instance_and_class_maps(mask: np.ndarray, variant: str = "all_classes") -> tuple[np.ndarray, np.ndarray]:
+REBUILD = "fix the file (or download it again) and build again: a failed build leaves no dataset behind"
+
+
+def check_mask(mask: np.ndarray, where: str = "mask") -> np.ndarray:
+    """The instance channels (0-4) of a PanNuke mask as float64, after checking that they hold instance ids.
+
+    Raises:
+      ValueError naming ``where`` (the file and image) for NaN or infinite values, negative ids, ids that
+      are not whole numbers (rounding them would merge neighbouring nuclei) and ids beyond int32.
+    """
+    ids = np.asarray(mask[..., : len(PANNUKE_CLASSES)], np.float64)
+    problems = []
+    if not np.all(np.isfinite(ids)):
+        problems.append(f"{int(np.sum(~np.isfinite(ids)))} NaN or infinite values")
+    finite = np.where(np.isfinite(ids), ids, 0.0)
+    if np.any(finite < 0):
+        problems.append(f"negative instance ids (smallest {finite.min():g})")
+    fractional = np.abs(finite - np.rint(finite)) > 1e-6
+    if np.any(fractional):
+        problems.append(
+            f"{int(fractional.sum())} values that are not whole numbers (e.g. {finite[fractional][0]:g})"
+        )
+    if finite.max(initial=0) > np.iinfo(np.int32).max:
+        problems.append(f"instance id {finite.max():.0f} beyond int32")
+    if problems:
+        raise ValueError(
+            f"{where}: masks channels 0-4 must hold instance ids, found {'; '.join(problems)}; {REBUILD}"
+        )
+    return finite
+
+
+def image_uint8(image: np.ndarray, where: str = "image") -> np.ndarray:
+    """A PanNuke image (float 0-255) as uint8 (H, W, 3).
+
+    Raises:
+      ValueError naming ``where`` for NaN or values outside 0-255, and for an image scaled to 0-1 (it
+      would become black).
+    """
+    pixels = np.asarray(image, np.float64)
+    if not np.all(np.isfinite(pixels)):
+        raise ValueError(
+            f"{where}: {int(np.sum(~np.isfinite(pixels)))} NaN or infinite pixel values; {REBUILD}"
+        )
+    low, high = pixels.min(initial=0), pixels.max(initial=0)
+    if low < 0 or high > 255.5:
+        raise ValueError(f"{where}: pixel values {low:g}..{high:g} are outside 0-255; {REBUILD}")
+    if 0 < high <= 1.0:
+        raise ValueError(
+            f"{where}: pixel values 0..{high:g} look scaled to 0-1; PanNuke's are 0-255. {REBUILD}"
+        )
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def instance_and_class_maps(
+    mask: np.ndarray, variant: str = "all_classes", where: str = "mask"
+) -> tuple[np.ndarray, np.ndarray]:
     """One image's instance label map and class map from its (H, W, 6) PanNuke mask.
 
     Instance ids are kept exactly as PanNuke stores them (read as float64, turned into int32 without a
@@ -176,14 +233,14 @@ def instance_and_class_maps(mask: np.ndarray, variant: str = "all_classes") -> t
 
     Args:
       mask: (H, W, 6) float; variant: "all_classes" keeps the five classes, "neoplastic" only channel 0,
-        "nuclei" all five channels as one class.
+        "nuclei" all five channels as one class. where: names the mask in errors (:func:`check_mask`).
 
     Returns:
       instances int32 (H, W) (0 background) and classes uint8 (H, W): 0 background, c + 1 for class c
       (the index into the variant's class names).
     """
     channels = 1 if variant == "neoplastic" else len(PANNUKE_CLASSES)
-    ids = np.rint(np.asarray(mask[..., :channels], np.float64)).astype(np.int64)
+    ids = np.rint(check_mask(mask, where)[..., :channels]).astype(np.int64)
     instances = np.zeros(ids.shape[:2], np.int64)
     classes = np.zeros(ids.shape[:2], np.uint8)
     next_id = int(ids.max(initial=0)) + 1

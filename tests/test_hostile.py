@@ -190,3 +190,93 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_readable_one(tmp_p
         f.write("{")
     with pytest.raises(ValueError, match="no checkpoint in .* can be read"):
         open_workdir(workdir, config, resume=True, overwrite=False)
+
+
+# --------------------------------------------------------------------------------------------- data
+def _corrupt_fold(tmp_path, edit):
+    """Three one-image synthetic folds with ``edit(images, masks)`` applied to fold 2's arrays."""
+    from maskrcnn.synthetic import write_folds
+
+    root = tmp_path / "manual"
+    write_folds(str(root), 2, seed=4)
+    base = root / "Fold 2"
+    paths = {
+        "images": base / "images" / "fold2" / "images.npy",
+        "masks": base / "masks" / "fold2" / "masks.npy",
+    }
+    images, masks = np.load(paths["images"]), np.load(paths["masks"])
+    edit(images, masks)
+    np.save(paths["images"], images)
+    np.save(paths["masks"], masks)
+    return root, paths
+
+
+def _nuclei(masks):
+    return masks[1, ..., :5] > 0
+
+
+BAD_FOLDS = [
+    (
+        "fractional ids",
+        lambda im, m: m.__setitem__((1, ..., slice(0, 5)), m[1, ..., :5] * 0.5 + (m[1, ..., :5] > 0) * 0.25),
+        r"masks.npy image 1: .*not whole numbers",
+    ),
+    (
+        "negative ids",
+        lambda im, m: m.__setitem__((1, ..., slice(0, 5)), -m[1, ..., :5]),
+        r"masks.npy image 1: .*negative",
+    ),
+    ("NaN in masks", lambda im, m: m.__setitem__((1, 10, 10, 0), np.nan), r"masks.npy image 1: .*NaN"),
+    (
+        "an id of 2**33",
+        lambda im, m: m.__setitem__((1, 10, 10, 1), 2.0**33),
+        r"masks.npy image 1: .*beyond int32",
+    ),
+    (
+        "images scaled to 0-1",
+        lambda im, m: im.__setitem__(1, im[1] / 255.0),
+        r"images.npy image 1: .*scaled to 0-1",
+    ),
+]
+
+
+@pytest.mark.parametrize("edit,message", [b[1:] for b in BAD_FOLDS], ids=[b[0] for b in BAD_FOLDS])
+def test_bad_fold_files_are_errors_that_name_the_file_and_image(tmp_path, edit, message):
+    from maskrcnn.input_pipeline import FoldSource
+
+    root, _ = _corrupt_fold(tmp_path, edit)
+    source = FoldSource(str(root / "Fold 2"), "all_classes")
+    source[0]  # the good image reads
+    with pytest.raises(ValueError, match=message):
+        source[1]
+
+
+def test_the_builder_refuses_a_bad_fold_and_builds_once_it_is_fixed(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from data.pannuke import Builder
+
+    root, paths = _corrupt_fold(
+        tmp_path, lambda im, m: m.__setitem__((1, ..., slice(0, 5)), m[1, ..., :5] * 0.5)
+    )
+    config = tfds.download.DownloadConfig(manual_dir=str(root))
+    data_dir = str(tmp_path / "tfds")
+    with pytest.raises(ValueError, match=r"Fold 2.*masks.npy image 1: .*not whole numbers.*build again"):
+        Builder(config="all_classes", data_dir=data_dir).download_and_prepare(download_config=config)
+    assert not Builder(config="all_classes", data_dir=data_dir).is_prepared()
+    masks = np.load(paths["masks"])
+    masks[1, ..., :5] = np.rint(masks[1, ..., :5] * 2)
+    np.save(paths["masks"], masks)
+    Builder(config="all_classes", data_dir=data_dir).download_and_prepare(download_config=config)
+    assert len(tfds.data_source("pannuke/all_classes", split="fold2", data_dir=data_dir)) == 2
+
+
+def test_an_empty_fold_is_named(tmp_path):
+    from maskrcnn import pannuke
+
+    root, paths = _corrupt_fold(tmp_path, lambda im, m: None)
+    np.save(paths["images"], np.zeros((0, 256, 256, 3)))
+    np.save(paths["masks"], np.zeros((0, 256, 256, 6)))
+    np.save(paths["images"].parent / "types.npy", np.array([], "<U5"))
+    with pytest.raises(ValueError, match=r"images.npy holds no images: an empty fold"):
+        pannuke.open_fold(pannuke.fold_files(str(root / "Fold 2")))

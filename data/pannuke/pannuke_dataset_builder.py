@@ -12,6 +12,8 @@ the neoplastic nuclei) and ``all_classes`` (every image, all five classes). Spli
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -102,27 +104,45 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             if variant == "all_classes":
                 keys += [(fold, i) for i in range(len(masks))]
             else:  # one pass over the fold's masks, a row at a time
-                keys += [(fold, i) for i in range(len(masks)) if pannuke.eligible(masks[i], variant)]
+                keys += [
+                    (fold, i)
+                    for i in range(len(masks))
+                    if pannuke.eligible(
+                        pannuke.check_mask(masks[i], f"{paths['masks.npy']} image {i}"), variant
+                    )
+                ]
         return {
             name: self._generate_examples(folds, split) for name, split in pannuke.split_keys(keys).items()
         }
 
     def _generate_examples(self, folds, keys):
         variant = self.builder_config.name
-        opened = {}
+        opened, blank = {}, []
         for fold, index in keys:
             if fold not in opened:
                 opened[fold] = pannuke.open_fold(folds[fold], tf.io.gfile.GFile)
             images, masks, types = opened[fold]
-            instances, classes = pannuke.instance_and_class_maps(masks[index], variant)
+            instances, classes = pannuke.instance_and_class_maps(
+                masks[index], variant, f"{folds[fold]['masks.npy']} image {index}"
+            )
+            image = pannuke.image_uint8(images[index], f"{folds[fold]['images.npy']} image {index}")
+            if not image.any():
+                blank.append(f"{fold}-{index}")
             yield (
                 f"{fold}-{index}",
                 {
-                    "image": np.clip(np.rint(images[index]), 0, 255).astype(np.uint8),
+                    "image": image,
                     "instances": instances,
                     "classes": classes,
                     "tissue": str(types[index]),
                     "fold": fold,
                     "index": index,
                 },
+            )
+        if blank:  # may be real (a failed scan), or a zero-filled images.npy: say so, do not stop
+            logging.warning(
+                "%d all-black images (fold-index %s%s): check images.npy",
+                len(blank),
+                ", ".join(blank[:10]),
+                ", ..." if len(blank) > 10 else "",
             )

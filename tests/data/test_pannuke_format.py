@@ -148,11 +148,11 @@ def test_a_failed_build_leaves_no_dataset(tmp_path, monkeypatch):
     write_folds(str(tmp_path / "manual"), 2, seed=2)
     calls = []
 
-    def failing(mask, variant):
+    def failing(mask, variant, *where):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("disk full")
-        return real(mask, variant)
+        return real(mask, variant, *where)
 
     real = pannuke.instance_and_class_maps
     monkeypatch.setattr(pannuke, "instance_and_class_maps", failing)
