@@ -188,7 +188,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_readable_one(tmp_p
     assert not os.path.exists(stale)  # what a killed write left is cleaned up
     with open(os.path.join(older, "meta.json"), "w") as f:
         f.write("{")
-    with pytest.raises(ValueError, match="no checkpoint in .* can be read"):
+    with pytest.raises(ValueError, match="no checkpoint in .* can be resumed from"):
         open_workdir(workdir, config, resume=True, overwrite=False)
 
 
@@ -280,3 +280,90 @@ def test_an_empty_fold_is_named(tmp_path):
     np.save(paths["images"].parent / "types.npy", np.array([], "<U5"))
     with pytest.raises(ValueError, match=r"images.npy holds no images: an empty fold"):
         pannuke.open_fold(pannuke.fold_files(str(root / "Fold 2")))
+
+
+class _Quiet:
+    def write(self, row):
+        pass
+
+    update = set_postfix = lambda self, *a, **k: None  # noqa: E731
+
+
+def test_the_monitor_calls_a_loss_spike_or_a_skipped_step_unhealthy():
+    from maskrcnn.model import LOSS_NAMES
+    from maskrcnn.train.loop import Monitor
+
+    monitor = Monitor(_Quiet(), None, log_every=1000, max_nonfinite=10)
+    monitor.start_epoch(0, 0, 1000, _Quiet())
+
+    def step(i, loss, finite=True):
+        metrics = {
+            "finite": finite,
+            "loss": loss,
+            "lr": 0.1,
+            "grad_norm": 1.0,
+            **dict.fromkeys(LOSS_NAMES, 0.0),
+        }
+        monitor.record(i, metrics)
+
+    step(1, 4.0), step(2, 2.0), step(3, 19.0)  # within 10x of the best (2.0)
+    assert monitor.healthy()
+    monitor.checkpointed()
+    step(4, 25.0)  # 12.5x the best: diverging
+    assert not monitor.healthy()
+    monitor.checkpointed()
+    step(5, 1.5)
+    assert monitor.healthy()
+    monitor.checkpointed()
+    step(6, float("nan"), finite=False)
+    assert not monitor.healthy()
+
+
+def test_the_newest_healthy_checkpoint_is_kept_and_resumed_from(tmp_path, capsys):
+    from maskrcnn.train import checkpoint
+    from maskrcnn.train.loop import open_workdir
+
+    config = load_config("tiny")
+    workdir = str(tmp_path / "run")
+    (good,) = _fake_run(workdir, config, steps=(2,))
+    for s in (4, 6, 8, 10):
+        checkpoint.save(
+            workdir, {"w": np.full(3, 1e9, np.float32)}, {"stage": 0, "step": s, "healthy": False}
+        )
+    names = [os.path.basename(p) for p in checkpoint.list_checkpoints(workdir)]
+    assert names == ["0-00000002", "0-00000006", "0-00000008", "0-00000010"]  # 3 newest + the healthy one
+    assert open_workdir(workdir, config, resume=True, overwrite=False) == good
+    assert "written after the loss diverged" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_divergence_names_the_last_healthy_checkpoint_and_resume_recovers_from_it(tmp_path):
+    from maskrcnn.config import StageConfig
+    from maskrcnn.train import checkpoint
+    from maskrcnn.train.loop import NonFiniteLossError, train
+
+    base = load_config("tiny")
+    config = dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, builder="synthetic", synthetic_images_per_fold=6, image_size=64),
+        train=dataclasses.replace(
+            base.train,
+            steps_per_epoch=2,
+            checkpoint_every_steps=1,
+            stages=(StageConfig("a", "all", 1, 1e-2), StageConfig("b", "all", 10, 1e6)),
+        ),
+    )
+    workdir = str(tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match=r"last healthy checkpoint is .*0-00000002") as error:
+        train(config, workdir, validate=False, progress=False)
+    healthy = [p for p in checkpoint.list_checkpoints(workdir) if checkpoint.is_healthy(p)]
+    assert [os.path.basename(p) for p in healthy] == ["0-00000002"]
+    assert "lower learning rate" in str(error.value)
+    calmer = dataclasses.replace(
+        config,
+        train=dataclasses.replace(
+            config.train, stages=(StageConfig("a", "all", 1, 1e-2), StageConfig("b", "all", 1, 1e-3))
+        ),
+    )
+    model = train(calmer, workdir, resume=True, validate=False, progress=False)
+    assert all(np.isfinite(np.asarray(v.value)).all() for v in model.trainable_variables)

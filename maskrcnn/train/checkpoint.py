@@ -22,9 +22,10 @@ _NAME = re.compile(r"^(\d+)-(\d+)$")
 
 
 def save(workdir: str, state, meta: dict, *, keep: int = 3) -> str:
-    """Writes ``state`` (any pytree of arrays) and ``meta`` (JSON-able, must hold ``stage`` and ``step``).
+    """Writes ``state`` (any pytree of arrays) and ``meta`` (JSON-able, must hold ``stage`` and ``step``;
+    ``healthy`` False marks a checkpoint written after training went wrong).
 
-    Keeps the ``keep`` newest checkpoints. Returns the checkpoint's folder.
+    Keeps the ``keep`` newest checkpoints and the newest healthy one. Returns the checkpoint's folder.
     """
     root = os.path.join(workdir, "checkpoints")
     os.makedirs(root, exist_ok=True)
@@ -44,9 +45,31 @@ def save(workdir: str, state, meta: dict, *, keep: int = 3) -> str:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(workdir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    found = list_checkpoints(workdir)
+    healthy = [path for path in found if is_healthy(path)]
+    for old in found[:-keep]:
+        if not healthy or old != healthy[-1]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def mark_unhealthy(path: str) -> None:
+    """Marks a checkpoint as written while training went wrong (its meta.json, rewritten atomically)."""
+    meta_path = os.path.join(path, "meta.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump({**meta, "healthy": False}, f, indent=2)
+    os.replace(meta_path + ".tmp", meta_path)
+
+
+def is_healthy(path: str) -> bool:
+    """Whether a checkpoint was written while training was healthy (checkpoints without the mark are)."""
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            return bool(json.load(f).get("healthy", True))
+    except (OSError, ValueError):
+        return False
 
 
 def list_checkpoints(workdir: str) -> list[str]:

@@ -42,10 +42,12 @@ CONFIG_FILE = "config.json"
 # What `train` writes into a workdir: a folder holding any of these holds a run.
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, "log.csv", "init.txt", "checkpoints", "tensorboard")
 # Config fields a resumed run may change (anything else must equal the checkpoint's config): how long
-# each stage trains (the linear decay then stretches to the new last epoch from the step reached), and
-# housekeeping that does not touch the model or the data order.
+# each stage trains (the linear decay then stretches to the new last epoch from the step reached), its
+# learning rate (to recover from a divergence), and housekeeping that does not touch the model or the
+# data order.
 RESUMABLE = (
     "train.stages[*].epochs",
+    "train.stages[*].learning_rate",
     "train.checkpoint_every_steps",
     "train.max_consecutive_nonfinite",
     "train.init",
@@ -102,6 +104,9 @@ def open_workdir(workdir: str, config: Config, *, resume: bool, overwrite: bool)
         if why is not None:
             print(f"resume: skipping {path}, it cannot be read ({why})")
             continue
+        if not checkpoint.is_healthy(path):
+            print(f"resume: skipping {path}, written after the loss diverged or went non-finite")
+            continue
         with open(os.path.join(path, "meta.json")) as f:
             saved = json.load(f).get("config")
         if saved is None and os.path.exists(os.path.join(workdir, CONFIG_FILE)):
@@ -116,7 +121,9 @@ def open_workdir(workdir: str, config: Config, *, resume: bool, overwrite: bool)
             )
         return path
     if found:
-        raise ValueError(f"no checkpoint in {workdir} can be read (see above); --overwrite starts again")
+        raise ValueError(
+            f"no checkpoint in {workdir} can be resumed from (see above); --overwrite starts again"
+        )
     print(f"resume: no checkpoint in {workdir}, starting from scratch")
     return None
 
@@ -156,20 +163,42 @@ class CsvLog:
 
 class Monitor:
     """Reads each step's metrics: running means on the progress bar, CSV and TensorBoard rows every
-    ``log_every`` steps, and the count of skipped (non-finite) steps, stopping after too many in a row."""
+    ``log_every`` steps, and the count of skipped (non-finite) steps, stopping after too many in a row.
+
+    It also judges whether training is healthy since the last checkpoint (:meth:`healthy`): no step was
+    non-finite and no loss rose above ``SPIKE`` times the stage's lowest loss so far. A learning rate far
+    too high blows the weights up while the loss is still finite; such checkpoints are marked, kept apart
+    from the last healthy one, and skipped by a resume.
+    """
 
     SCALARS = ("loss", *LOSS_NAMES, "lr", "grad_norm")
+    SPIKE = 10.0  # a loss 10x the stage's best is divergence, not noise (losses start within ~3x of it)
 
     def __init__(self, log: CsvLog, board, *, log_every: int, max_nonfinite: int):
         self.log, self.board, self.log_every, self.max_nonfinite = log, board, log_every, max_nonfinite
         self.skipped = self.in_row = 0
+        self.stage = None
 
     def start_epoch(self, stage: int, epoch: int, steps_per_epoch: int, bar):
+        if stage != self.stage:
+            self.best_loss, self.window_ok, self.window_max = float("inf"), True, 0.0
         self.stage, self.epoch, self.steps_per_epoch, self.bar = stage, epoch, steps_per_epoch, bar
         self.running, self.finite_steps, self.t0 = {}, 0, time.time()
 
+    def healthy(self) -> bool:
+        """No non-finite step and no loss spike since :meth:`checkpointed` was last called."""
+        return self.window_ok and self.window_max <= self.SPIKE * self.best_loss
+
+    def checkpointed(self):
+        self.window_ok, self.window_max = True, 0.0
+
     def record(self, step: int, metrics: dict):
         metrics = jax.device_get(metrics)
+        if metrics["finite"]:
+            loss = float(metrics["loss"])
+            self.best_loss, self.window_max = min(self.best_loss, loss), max(self.window_max, loss)
+        else:
+            self.window_ok = False
         if metrics["finite"]:
             self.in_row = 0
             self.finite_steps += 1
@@ -308,6 +337,7 @@ def train(
         with open(os.path.join(workdir, "init.txt"), "w") as f:
             f.write(report + "\n")
 
+    last_saved = restored  # the checkpoint whose weights the coming steps start from
     try:
         for s in stages if stages is not None else range(len(tcfg.stages)):
             if s < start_stage:
@@ -357,11 +387,21 @@ def train(
                     if step % tcfg.checkpoint_every_steps == 0 or epoch_end or step >= total_steps:
                         monitor.record(*pending)
                         pending = None
-                        checkpoint.save(
+                        if not monitor.healthy() and last_saved and os.path.isdir(last_saved):
+                            # The steps since then ran from its weights: they are suspect as well.
+                            checkpoint.mark_unhealthy(last_saved)
+                        last_saved = checkpoint.save(
                             workdir,
                             state,
-                            {**meta, "step": step, "skipped": monitor.skipped, "config": config.to_dict()},
+                            {
+                                **meta,
+                                "step": step,
+                                "skipped": monitor.skipped,
+                                "healthy": monitor.healthy(),
+                                "config": config.to_dict(),
+                            },
                         )
+                        monitor.checkpointed()
                     if epoch_end or step >= total_steps:
                         break
                 if pending is not None:
@@ -378,6 +418,18 @@ def train(
             partial = os.path.join(workdir, ".tmp-" + WEIGHTS_FILE)  # complete or absent, never half-written
             model.save_weights(partial)
             os.replace(partial, os.path.join(workdir, WEIGHTS_FILE))
+    except NonFiniteLossError as error:
+        if last_saved and os.path.isdir(last_saved):
+            checkpoint.mark_unhealthy(last_saved)  # the failing steps ran from its weights
+        healthy = [p for p in checkpoint.list_checkpoints(workdir) if checkpoint.is_healthy(p)]
+        where = (
+            f"The last healthy checkpoint is {healthy[-1]}; `--resume` with a lower learning rate continues "
+            "from it (it skips the checkpoints written after training went wrong)."
+            if healthy
+            else "No checkpoint was written before it went wrong: start again (--overwrite) with a lower "
+            "learning rate."
+        )
+        raise NonFiniteLossError(f"{error} {where}") from None
     finally:
         log.close()
         if board is not None:
