@@ -267,7 +267,10 @@ def test_the_builder_refuses_a_bad_fold_and_builds_once_it_is_fixed(tmp_path):
     masks = np.load(paths["masks"])
     masks[1, ..., :5] = np.rint(masks[1, ..., :5] * 2)
     np.save(paths["masks"], masks)
+    stale = tmp_path / "tfds" / "pannuke" / "all_classes" / "incomplete.KILLED_1.0.0"  # a killed build's
+    stale.mkdir(parents=True)
     Builder(config="all_classes", data_dir=data_dir).download_and_prepare(download_config=config)
+    assert not stale.exists()
     assert len(tfds.data_source("pannuke/all_classes", split="fold2", data_dir=data_dir)) == 2
 
 

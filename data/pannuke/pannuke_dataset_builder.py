@@ -12,7 +12,10 @@ the neoplastic nuclei) and ``all_classes`` (every image, all five classes). Spli
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -58,6 +61,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         super().__init__(file_format="tfrecord" if self._with_array_record else file_format, **kwargs)
 
     def _download_and_prepare(self, dl_manager, download_config):
+        # tfds builds in an incomplete.* folder beside the dataset's and renames it when done; a build
+        # killed (SIGKILL, power loss) leaves its folder behind. Remove those (one build at a time).
+        current = os.path.normpath(str(self.data_path))
+        for stale in glob.glob(os.path.join(glob.escape(os.path.dirname(current)), "incomplete.*")):
+            if os.path.normpath(stale) != current:
+                logging.warning("removing %s, left by a build that was stopped", stale)
+                shutil.rmtree(stale, ignore_errors=True)
         super()._download_and_prepare(dl_manager, download_config)
         if not self._with_array_record:
             return
