@@ -11,6 +11,18 @@ import jax
 import jax.numpy as jnp
 
 
+def class_channel(values, channel, axis: int):
+    """``values`` at each entry's ``channel`` along ``axis`` (which is then dropped); a class-agnostic
+    head, with one channel on that axis, gives that channel to every class.
+
+    values: (..., C, ...) with C = 1 or the number of channels; channel: int (...) for the leading axes.
+    """
+    if values.shape[axis] == 1:
+        return jnp.squeeze(values, axis)
+    index = jnp.expand_dims(channel, tuple(range(channel.ndim, values.ndim)))
+    return jnp.squeeze(jnp.take_along_axis(values, index, axis=axis), axis)
+
+
 def _masked_mean(values, mask):
     mask = mask.astype(jnp.float32)
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -54,11 +66,10 @@ def class_loss(logits, target_classes, valid):
 def box_loss(deltas, target_deltas, target_classes, positive):
     """Smooth-L1 on the true class's box deltas of positive ROIs, averaged over their coordinates.
 
-    deltas: (B, R, K+1, 4); target_deltas: (B, R, 4); target_classes: int32 (B, R); positive: bool (B, R).
+    deltas: (B, R, K+1, 4) (or (B, R, 1, 4) from a class-agnostic head); target_deltas: (B, R, 4);
+    target_classes: int32 (B, R); positive: bool (B, R).
     """
-    picked = jnp.take_along_axis(deltas.astype(jnp.float32), target_classes[..., None, None], axis=2)[
-        ..., 0, :
-    ]
+    picked = class_channel(deltas.astype(jnp.float32), target_classes, axis=2)
     per_coord = smooth_l1(picked - target_deltas)
     return _masked_mean(per_coord, jnp.broadcast_to(positive[..., None], per_coord.shape))
 
@@ -66,11 +77,11 @@ def box_loss(deltas, target_deltas, target_classes, positive):
 def mask_loss(mask_logits, target_masks, target_classes, positive):
     """Per-pixel binary cross-entropy of the true class's mask on positive ROIs.
 
-    mask_logits: (B, R, m, m, K) one channel per foreground class; target_masks: (B, R, m, m) 0/1;
-    target_classes: int32 (B, R) in 1..K for positives; positive: bool (B, R).
+    mask_logits: (B, R, m, m, K) one channel per foreground class (or (B, R, m, m, 1) from a
+    class-agnostic head); target_masks: (B, R, m, m) 0/1; target_classes: int32 (B, R) in 1..K for
+    positives; positive: bool (B, R).
     """
-    channel = jnp.maximum(target_classes - 1, 0)[..., None, None, None]
-    logits = jnp.take_along_axis(mask_logits.astype(jnp.float32), channel, axis=-1)[..., 0]
+    logits = class_channel(mask_logits.astype(jnp.float32), jnp.maximum(target_classes - 1, 0), axis=-1)
     bce = jnp.maximum(logits, 0) - logits * target_masks + jnp.log1p(jnp.exp(-jnp.abs(logits)))
     return _masked_mean(bce, jnp.broadcast_to(positive[..., None, None], bce.shape))
 
@@ -81,8 +92,8 @@ def mask_dice_loss(mask_logits, target_masks, target_classes, positive, eps: flo
     Same arguments as :func:`mask_loss`. Soft Dice per ROI, 2 * sum(p * t) + eps over sum(p) + sum(t) + eps,
     averaged over positive ROIs; 0 when there is none.
     """
-    channel = jnp.maximum(target_classes - 1, 0)[..., None, None, None]
-    probs = jax.nn.sigmoid(jnp.take_along_axis(mask_logits.astype(jnp.float32), channel, axis=-1)[..., 0])
+    logits = class_channel(mask_logits.astype(jnp.float32), jnp.maximum(target_classes - 1, 0), axis=-1)
+    probs = jax.nn.sigmoid(logits)
     inter = jnp.sum(probs * target_masks, axis=(-2, -1))
     dice = (2 * inter + eps) / (jnp.sum(probs, axis=(-2, -1)) + jnp.sum(target_masks, axis=(-2, -1)) + eps)
     return _masked_mean(1.0 - dice, positive)

@@ -105,7 +105,8 @@ def detect(
     Matterport's ``refine_detections_graph`` (one argmax class per ROI, background included) drops it.
 
     Args:
-      class_logits: (R, K+1); box_deltas: (R, K+1, 4); rois: float32 (R, 4); roi_valid: bool (R,).
+      class_logits: (R, K+1); box_deltas: (R, K+1, 4), or (R, 1, 4) from a class-agnostic box head;
+      rois: float32 (R, 4); roi_valid: bool (R,).
 
     Returns:
       dict: ``boxes`` float32 (D, 4), ``scores`` float32 (D,), ``classes`` int32 (D,) in 1..K,
@@ -113,7 +114,8 @@ def detect(
     """
     num_rois, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
     probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)[:, 1:].reshape(-1)  # (R * K,)
-    deltas = box_deltas[:, 1:].astype(jnp.float32).reshape(-1, 4)
+    per_class = box_deltas[:, 1:] if box_deltas.shape[1] > 1 else box_deltas  # class-agnostic: one set
+    deltas = jnp.broadcast_to(per_class, (num_rois, num_classes, 4)).astype(jnp.float32).reshape(-1, 4)
     classes = jnp.tile(jnp.arange(1, num_classes + 1, dtype=jnp.int32), num_rois)
     candidate_rois = jnp.repeat(jnp.asarray(rois, jnp.float32), num_classes, axis=0)
     boxes = clip_boxes(decode_boxes(deltas, candidate_rois, std=std), *image_size)

@@ -156,8 +156,8 @@ class MaskRCNN(keras.Model):
         def run(i, masks):
             part = jax.lax.dynamic_slice_in_dim(boxes, i * chunk, chunk, axis=1)
             logits = self.mask_head(self.roi_features(pyramid, part, cfg.mask_pool_size)).astype("float32")
-            channel = jax.lax.dynamic_slice_in_dim(channels, i * chunk, chunk, axis=1)[..., None, None, None]
-            probs = jax.nn.sigmoid(jnp.take_along_axis(logits, channel, axis=-1)[..., 0])
+            channel = jax.lax.dynamic_slice_in_dim(channels, i * chunk, chunk, axis=1)
+            probs = jax.nn.sigmoid(losses.class_channel(logits, channel, axis=-1))
             return jax.lax.dynamic_update_slice_in_dim(masks, probs, i * chunk, axis=1)
 
         used = jnp.max(jnp.sum(detections["valid"], axis=1))
@@ -297,9 +297,27 @@ class MaskRCNN(keras.Model):
         self.rpn_head(pyramid)
         channels = self.config.fpn_channels
         pool, mask_pool = self.config.pool_size, self.config.mask_pool_size
-        self.box_head(keras.KerasTensor((None, 1, pool, pool, channels)))
-        self.mask_head(keras.KerasTensor((None, 1, mask_pool, mask_pool, channels)))
+        logits, deltas = self.box_head(keras.KerasTensor((None, 1, pool, pool, channels)))
+        masks = self.mask_head(keras.KerasTensor((None, 1, mask_pool, mask_pool, channels)))
+        self._check_heads(logits.shape, deltas.shape, masks.shape)
         self.built = True
+
+    def _check_heads(self, logits, deltas, masks):
+        """Refuses heads whose outputs do not fit ``config.num_classes`` (K): class logits (B, R, K+1),
+        box deltas (B, R, K+1 or 1, 4), mask logits (B, R, 2P, 2P, K or 1) for P = mask_pool_size."""
+        k, problems = self.config.num_classes, []
+        if logits[-1] != k + 1:
+            problems.append(f"the box head gives {logits[-1]} class logits, expected {k + 1} (K + 1)")
+        if deltas[-2:] not in ((k + 1, 4), (1, 4)):
+            problems.append(f"the box head gives deltas {deltas[2:]}, expected ({k + 1}, 4) or (1, 4)")
+        size = self.config.mask_size
+        if tuple(masks[2:]) not in ((size, size, k), (size, size, 1)):
+            problems.append(
+                f"the mask head gives masks {tuple(masks[2:])}, expected ({size}, {size}, {k}) per class "
+                f"or ({size}, {size}, 1) class-agnostic"
+            )
+        if problems:
+            raise ValueError(f"heads do not fit model.num_classes={k}: " + "; ".join(problems))
 
     def get_config(self):
         return {

@@ -2,11 +2,12 @@
 
 import jax
 import jax.numpy as jnp
+import keras
 import numpy as np
 import pytest
 
 from maskrcnn import losses
-from maskrcnn.config import StageConfig, load_config
+from maskrcnn.config import StageConfig, apply_overrides, load_config
 from maskrcnn.model import MaskRCNN
 from maskrcnn.model.backbone import build_resnet
 from maskrcnn.train.step import (
@@ -58,3 +59,50 @@ def test_an_added_loss_term_is_trained():
     parts = ("rpn_class", "rpn_box", "class", "box", "mask", "mask_dice")
     np.testing.assert_allclose(metrics["loss"], sum(float(metrics[k]) for k in parts), rtol=1e-5)
     assert jnp.isfinite(metrics["grad_norm"])
+
+
+def _five_class_tiny():
+    config = load_config("tiny")
+    return apply_overrides(config, ["data.variant=all_classes"])
+
+
+def test_a_class_agnostic_mask_and_box_head_train_and_detect():
+    from maskrcnn.model import MaskHead, build_model
+
+    config = _five_class_tiny()
+    m = config.model
+
+    class AgnosticBoxHead(keras.layers.Layer):  # class logits, and one set of box deltas for all classes
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.hidden = keras.layers.Dense(32, activation="relu")
+            self.logits = keras.layers.Dense(m.num_classes + 1)
+            self.deltas = keras.layers.Dense(4)
+
+        def call(self, pooled, training=False):
+            batch, rois = keras.ops.shape(pooled)[0], keras.ops.shape(pooled)[1]
+            x = self.hidden(keras.ops.reshape(pooled, (batch, rois, -1)))
+            return self.logits(x), keras.ops.reshape(self.deltas(x), (batch, rois, 1, 4))
+
+    model = build_model(
+        m, 64, mask_head=MaskHead(1, width=16, name="mask_head"), box_head=AgnosticBoxHead(name="box_head")
+    )
+    rng = np.random.default_rng(0)
+    batch = batch_from_labels([make_instances(rng, 64, 3, (3, 6)) for _ in range(2)], 16, 14)
+    batch["classes"] = np.where(batch["valid"], 4, 0).astype(np.int32)  # class 4 of 5: beyond one channel
+    mask = trainable_mask(model, "all")
+    schedule = learning_rate_schedule(StageConfig("all", "all", 1, 1e-2), 1)
+    optimizer = make_optimizer(config.train, schedule, decay_mask(model))
+    step = make_train_step(model, optimizer, mask, schedule)
+    _, metrics = step(init_state(model, optimizer, mask), batch, jax.random.PRNGKey(0))
+    assert bool(metrics["finite"]) and float(metrics["mask"]) > 0 and float(metrics["box"]) >= 0
+    detections = model(batch["image"])
+    assert np.isfinite(np.asarray(detections["masks"])).all()
+
+
+def test_heads_that_do_not_fit_the_classes_are_refused_when_built():
+    from maskrcnn.model import MaskHead, build_model
+
+    config = _five_class_tiny()
+    with pytest.raises(ValueError, match=r"the mask head gives masks \(28, 28, 3\), expected \(28, 28, 5\)"):
+        build_model(config.model, 64, mask_head=MaskHead(3, width=16))
