@@ -141,24 +141,38 @@ def _model_batch(batch):
 
 
 class CsvLog:
-    """Appends one row per logged step to ``<workdir>/log.csv`` (and keeps rows of a resumed run)."""
+    """Appends one row per logged step to ``<workdir>/log.csv`` (and keeps rows of a resumed run).
 
-    FIELDS = ("stage", "epoch", "step", "split", "loss", *LOSS_NAMES, "lr", "grad_norm", "skipped", "seconds")
+    The columns are where the row is, ``loss``, every loss part the model's ``loss_parts`` returns (the
+    five Mask R-CNN losses and any a subclass adds), ``lr``, ``grad_norm``, ``skipped`` and ``seconds``;
+    they are fixed by the first row (or by the header of the log a resumed run appends to).
+    """
+
+    HEAD = ("stage", "epoch", "step", "split", "loss")
+    TAIL = ("lr", "grad_norm", "skipped", "seconds")
 
     def __init__(self, path: str):
-        self.path = path
-        new = not os.path.exists(path)
-        self.file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
-        self.writer = csv.DictWriter(self.file, self.FIELDS, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
+        self.path, self.file, self.writer = path, None, None
 
     def write(self, row: dict):
+        if self.writer is None:
+            if os.path.exists(self.path) and os.path.getsize(self.path):
+                with open(self.path, newline="") as f:
+                    fields = next(csv.reader(f))
+            else:
+                parts = [k for k in row if k not in self.HEAD + self.TAIL]
+                fields = [*self.HEAD, *LOSS_NAMES, *(p for p in parts if p not in LOSS_NAMES), *self.TAIL]
+            new = not os.path.exists(self.path) or not os.path.getsize(self.path)
+            self.file = open(self.path, "a", newline="")  # noqa: SIM115 (closed in close())
+            self.writer = csv.DictWriter(self.file, fields, extrasaction="ignore")
+            if new:
+                self.writer.writeheader()
         self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         self.file.flush()
 
     def close(self):
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 class Monitor:
@@ -171,7 +185,6 @@ class Monitor:
     from the last healthy one, and skipped by a resume.
     """
 
-    SCALARS = ("loss", *LOSS_NAMES, "lr", "grad_norm")
     SPIKE = 10.0  # a loss 10x the stage's best is divergence, not noise (losses start within ~3x of it)
 
     def __init__(self, log: CsvLog, board, *, log_every: int, max_nonfinite: int):
@@ -202,7 +215,7 @@ class Monitor:
         if metrics["finite"]:
             self.in_row = 0
             self.finite_steps += 1
-            for k in ("loss", *LOSS_NAMES):  # means over the epoch so far
+            for k in (k for k in metrics if k not in ("lr", "grad_norm", "finite")):  # epoch means so far
                 self.running[k] = self.running.get(k, 0.0) + (
                     float(metrics[k]) - self.running.get(k, 0.0)
                 ) / (self.finite_steps)
@@ -219,7 +232,7 @@ class Monitor:
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in self.running.items()}, refresh=False)
         if step % self.log_every and step % self.steps_per_epoch:
             return
-        row = {k: float(metrics[k]) for k in self.SCALARS}
+        row = {k: float(v) for k, v in metrics.items() if k != "finite"}  # loss, every part, lr, grad_norm
         seconds = time.time() - self.t0
         self.log.write(
             {
@@ -266,16 +279,15 @@ def make_loss_fn(model: MaskRCNN, mask: list[bool]):
 
 def validation_loss(loss_fn, state, config: Config, *, max_batches: int | None = None) -> dict:
     """Mean losses of :func:`make_loss_fn` over the validation split (no augmentation)."""
-    sums, count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+    sums, count = {}, 0
     for i, batch in enumerate(input_pipeline.make_eval_iterator(config, config.data.val_split)):
         if max_batches is not None and i >= max_batches:
             break
-        parts = loss_fn(state, _model_batch(batch))
-        for name in LOSS_NAMES:
-            sums[name] += float(parts[name])
+        for name, value in loss_fn(state, _model_batch(batch)).items():  # every part of loss_parts
+            sums[name] = sums.get(name, 0.0) + float(value)
         count += 1
     means = {k: v / max(count, 1) for k, v in sums.items()}
-    means["loss"] = sum(means[k] for k in LOSS_NAMES)
+    means["loss"] = sum(means.values())
     return means
 
 
@@ -412,7 +424,7 @@ def train(
                     log.write({**val, "stage": s, "epoch": epoch, "step": step, "split": "validation"})
                     print(
                         f"{stage.name} epoch {epoch + 1}: validation loss {val['loss']:.4f} "
-                        + " ".join(f"{k} {val[k]:.3f}" for k in LOSS_NAMES)
+                        + " ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "loss")
                     )
             write_state(model, state, mask)
             partial = os.path.join(workdir, ".tmp-" + WEIGHTS_FILE)  # complete or absent, never half-written

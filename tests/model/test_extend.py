@@ -106,3 +106,29 @@ def test_heads_that_do_not_fit_the_classes_are_refused_when_built():
     config = _five_class_tiny()
     with pytest.raises(ValueError, match=r"the mask head gives masks \(28, 28, 3\), expected \(28, 28, 5\)"):
         build_model(config.model, 64, mask_head=MaskHead(3, width=16))
+
+
+def test_an_added_loss_term_is_logged_and_validated(tmp_path):
+    import csv
+    import dataclasses
+
+    from maskrcnn.train.loop import train
+
+    base = load_config("tiny")
+    config = dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, builder="synthetic", synthetic_images_per_fold=6, image_size=64),
+        train=dataclasses.replace(
+            base.train, steps_per_epoch=2, stages=(StageConfig("all", "all", 1, 1e-2),)
+        ),
+    )
+    model = DiceMaskRCNN(config.model, backbone=build_resnet("tiny", width=8))
+    model.build((None, 64, 64, 3))
+    train(config, str(tmp_path), model=model, progress=False)
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"train", "validation"} == {r["split"] for r in rows}
+    for row in rows:
+        assert 0 <= float(row["mask_dice"]) <= 1, row
+        parts = ("rpn_class", "rpn_box", "class", "box", "mask", "mask_dice")
+        assert float(row["loss"]) == pytest.approx(sum(float(row[k]) for k in parts), rel=1e-4)
