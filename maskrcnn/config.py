@@ -380,6 +380,11 @@ def config_from_dict(d: dict) -> Config:
     return _from_dict(Config, d)
 
 
+def model_config_from_dict(d: dict) -> ModelConfig:
+    """Inverse of ``dataclasses.asdict`` for a :class:`ModelConfig` (``MaskRCNN.from_config``)."""
+    return _from_dict(ModelConfig, d)
+
+
 def _from_dict(cls, d):
     kwargs = {}
     hints = typing.get_type_hints(cls)

@@ -320,11 +320,23 @@ class MaskRCNN(keras.Model):
             raise ValueError(f"heads do not fit model.num_classes={k}: " + "; ".join(problems))
 
     def get_config(self):
+        """The model's config as plain values; :meth:`from_config` rebuilds the default parts from it
+        (parts passed to the constructor are not serialised: pass them again)."""
         return {
             **super().get_config(),
             "config": dataclasses.asdict(self.config),
             "mini_masks": self.mini_masks,
         }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        from maskrcnn.config import model_config_from_dict
+
+        config = dict(config)
+        model_config = config.pop("config")
+        if isinstance(model_config, dict):
+            model_config = model_config_from_dict(model_config)
+        return cls(model_config, **config)
 
 
 @functools.lru_cache(maxsize=8)

@@ -9,6 +9,7 @@ import pytest
 from maskrcnn.config import load_config
 from maskrcnn.model import (
     LOSS_NAMES,
+    MaskRCNN,
     build_model,
     build_resnet,
     detections_to_label_maps,
@@ -221,3 +222,11 @@ def test_chunked_detection_masks_equal_the_direct_computation(tiny):
     np.testing.assert_allclose(
         np.asarray(got)[np.asarray(valid)], np.asarray(direct)[np.asarray(valid)], atol=1e-5
     )
+
+
+def test_get_config_and_from_config_round_trip(tiny):
+    config, model = tiny
+    again = MaskRCNN.from_config(model.get_config())
+    assert again.config == model.config and again.mini_masks == model.mini_masks
+    again.build((None, config.data.image_size, config.data.image_size, 3))
+    assert [v.shape for v in again.weights] == [v.shape for v in model.weights]
