@@ -95,7 +95,7 @@ def coverage_table(work: str) -> str:
 
     cached = os.path.join(work, "coverage.json")
     results = json.load(open(cached)) if os.path.exists(cached) else {}
-    base = os.path.join(HERE, "configs", "learning.py")
+    base = "learning"
     reset = ["model.anchor_octaves=(1.0,)", "model.rpn_assignment='iou'"]  # the options start from today's
     for label, overrides in COVERAGE:
         if label not in results:

@@ -6,7 +6,7 @@
 1. Three PanNuke-format folds from the CoNSeP tiles with the data's own script, disjoint by source image
    (images 1-8, 9-16, 17-25), in ``<work>/folds`` (never in the repository: the data may not be shared).
 2. The tfds builder builds them (``all_classes``) into ``<work>/tensorflow_datasets``.
-3. The ``learning`` config (a binary detector; ``--config experiments/configs/learning_classes.py`` for the
+3. The ``learning`` config (a binary detector; ``--config learning_classes`` for the
    five-class one) trains from scratch on folds 1 and 2 (no validation: fold 3 is never seen).
 4. The trained model is evaluated on the fold-3 folder read directly (the same command works on any other
    PanNuke-format fold: ``maskrcnn evaluate --workdir <work>/<config name> --split DIR``).
@@ -154,7 +154,7 @@ ANALYSIS = """
 
 The first recipe, `learning_classes` (five classes, batch norm frozen as Matterport's `TRAIN_BN = False`
 that the seed paper used), lost to the baseline (`learning_classes.md`, trained and scored by this same
-benchmark with `--config experiments/configs/learning_classes.py`). Two changes, made together (the
+benchmark with `--config learning_classes`). Two changes, made together (the
 30-minute runs did not leave time to measure them apart), turned it into the `learning` config:
 
 - **Batch-norm statistics train** (`model.train_bn=True`). Frozen batch norm keeps a randomly initialised
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
         "--data", required=True, help="the consep_train folder (consep_train.npz, make_pannuke_fold.py)"
     )
     p.add_argument("--work", default="runs/learning", help="scratch folder for folds, dataset and model")
-    p.add_argument("--config", default=os.path.join(HERE, "configs", "learning.py"))
+    p.add_argument("--config", default="learning", help="a preset name or a config file")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--name", help="the run's name (default: the config's); its folder is <work>/<name>")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from maskrcnn import pannuke
-    from maskrcnn.config import StageConfig, apply_overrides, load_config
+    from maskrcnn.config import CONFIG_DIR, StageConfig, apply_overrides, load_config
     from maskrcnn.diagnostics import anchor_coverage, proposal_recall
     from maskrcnn.inference import evaluate
     from maskrcnn.input_pipeline import FoldSource
@@ -364,7 +364,10 @@ def main(argv=None) -> int:
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
         "fold_sizes": {k: len(FoldSource(v, config.data.variant)) for k, v in folders.items()},
         "config": config.name,
-        "config_path": os.path.relpath(args.config, os.path.dirname(HERE)),
+        "config_path": os.path.relpath(
+            args.config if args.config.endswith(".py") else os.path.join(CONFIG_DIR, f"{args.config}.py"),
+            os.path.dirname(HERE),
+        ),
         "network": (
             f"{config.model.backbone} backbone of width {config.model.backbone_width}, FPN "
             f"{config.model.fpn_channels}, {bn}, "

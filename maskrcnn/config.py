@@ -1,6 +1,6 @@
 """Frozen dataclasses that configure the data, the model and training.
 
-A config is a plain value: presets live in ``experiments/configs/*.py`` (each a ``get_config()``
+A config is a plain value: presets live in ``maskrcnn/configs/*.py`` (each a ``get_config()``
 function returning a :class:`Config`) and a variant is a few ``dataclasses.replace`` calls on its base.
 :func:`apply_overrides` applies command-line ``key=value`` overrides such as
 ``model.rpn_nms_threshold=0.8`` with the field's own type.
@@ -449,9 +449,7 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     return config
 
 
-CONFIG_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs"
-)
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # shipped in the wheel
 
 
 def load_config(name_or_path: str) -> Config:

@@ -1,6 +1,6 @@
 """The learning benchmark's first recipe: `learning` for all five PanNuke classes, batch norm frozen.
 
-    make bench-learning DATA=/path/to/consep_train ARGS="--config experiments/configs/learning_classes.py"
+    make bench-learning DATA=/path/to/consep_train ARGS="--config learning_classes"
 
 The same network, data and schedule as `learning`; it differs only where `learning` was changed after
 this recipe lost to the classical baseline (see experiments/results/learning.md): five classes instead of
@@ -9,13 +9,12 @@ per-class reference (per-class PQ in experiments/results/learning_classes.md).
 """
 
 import dataclasses
-import os
 
 from maskrcnn.config import load_config
 
 
 def get_config():
-    base = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "learning.py"))
+    base = load_config("learning")
     return dataclasses.replace(
         base,
         name="learning_classes",
