@@ -69,7 +69,10 @@ class DataConfig:
 class ModelConfig:
     """The network and its box/anchor hyper-parameters. Defaults follow Matterport's Mask R-CNN config."""
 
-    backbone: str = "resnet101"  # a key of maskrcnn.model.backbone.BACKBONES
+    backbone: str = "resnet101"  # a key of maskrcnn.model.backbone.BACKBONES, or a name for backbone_blocks
+    # Bottleneck blocks in ResNet stages 2-5, e.g. (3, 8, 36, 3) for a ResNet152; None: BACKBONES[backbone].
+    # Kept in the run's config.json, so evaluate and predict rebuild the same network.
+    backbone_blocks: tuple[int, ...] | None = None
     backbone_width: int = 64  # channels of the stem; the tiny variant narrows it
     # "keras" (keras.applications' ResNet, for its ImageNet weights) or "matterport" (Matterport's ResNet,
     # for its COCO weights): batch-norm epsilon and stem max-pool padding (maskrcnn.model.backbone)
@@ -277,6 +280,12 @@ def validate(config: Config) -> list[str]:
         value = getattr(d, name)
         rule(0 <= value < 1, f"data.{name}", value, "must be in [0, 1) (0 turns it off)")
 
+    rule(
+        m.backbone_blocks is None or (len(m.backbone_blocks) == 4 and min(m.backbone_blocks) >= 1),
+        "model.backbone_blocks",
+        m.backbone_blocks,
+        "must be None or four positive block counts (ResNet stages 2-5)",
+    )
     rule(
         m.backbone_style in ("keras", "matterport"),
         "model.backbone_style",

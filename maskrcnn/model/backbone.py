@@ -57,13 +57,15 @@ def build_resnet(
     *,
     width: int = 64,
     style: str = "keras",
+    blocks: tuple[int, int, int, int] | None = None,
     input_channels: int = 3,
     dtype=None,
 ) -> keras.Model:
     """Builds a ResNet v1 feature extractor.
 
     Args:
-      name: a key of :data:`BACKBONES`.
+      name: a key of :data:`BACKBONES`, or any name when ``blocks`` is given.
+      blocks: bottleneck blocks in stages 2-5 (ResNet152: (3, 8, 36, 3)); None: ``BACKBONES[name]``.
       width: channels of the stem and of the first stage's bottleneck (64 for the real networks);
         stage ``i`` (0-based) has ``width * 2**i`` bottleneck channels and ``4 * width * 2**i`` outputs.
       style: ``"keras"`` (keras.applications' ResNet) or ``"matterport"`` (Matterport's; see above).
@@ -72,11 +74,16 @@ def build_resnet(
       A functional ``keras.Model`` named ``name`` mapping float images (B, H, W, 3), already normalised,
       to ``[C2, C3, C4, C5]`` with strides 4, 8, 16, 32 and ``4 * width * (1, 2, 4, 8)`` channels.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
+    if blocks is None and name not in BACKBONES:
+        raise ValueError(
+            f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}, or give its blocks per stage "
+            "(model.backbone_blocks, e.g. (3, 8, 36, 3) for a ResNet152)"
+        )
     if style not in BN_EPSILON:
         raise ValueError(f"unknown backbone style {style!r}; expected one of {sorted(BN_EPSILON)}")
-    blocks = BACKBONES[name]
+    blocks = tuple(blocks) if blocks is not None else BACKBONES[name]
+    if len(blocks) != 4 or min(blocks) < 1:
+        raise ValueError(f"blocks per stage must be four positive counts (stages 2-5), got {blocks}")
     bn_epsilon = BN_EPSILON[style]
     inputs = keras.Input((None, None, input_channels), name="image", dtype=dtype)
     x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)

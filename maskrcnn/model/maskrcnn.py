@@ -60,7 +60,10 @@ class MaskRCNN(keras.Model):
         self.config = config
         self.mini_masks = mini_masks
         self.backbone = backbone or build_resnet(
-            config.backbone, width=config.backbone_width, style=config.backbone_style
+            config.backbone,
+            width=config.backbone_width,
+            style=config.backbone_style,
+            blocks=config.backbone_blocks,
         )
         self.fpn = fpn or FPN(config.fpn_channels, name="fpn")
         self.rpn_head = rpn_head or RPNHead(

@@ -24,7 +24,7 @@ import h5py
 import keras
 import numpy as np
 
-from maskrcnn.model.backbone import load_keras_applications_weights
+from maskrcnn.model.backbone import BACKBONES, load_keras_applications_weights
 
 # Layers whose shape depends on the number of classes; skipped when the file's count differs (the paper
 # fine-tuned COCO's 80 classes to one).
@@ -109,6 +109,8 @@ def load_imagenet_weights(model, weights: str = "imagenet") -> LoadReport:
     problems = []
     if cfg.backbone not in APPLICATIONS:
         problems.append(f"model.backbone={cfg.backbone!r} has none (use resnet50 or resnet101)")
+    elif cfg.backbone_blocks is not None and tuple(cfg.backbone_blocks) != BACKBONES[cfg.backbone]:
+        problems.append(f"model.backbone_blocks={cfg.backbone_blocks} is not {cfg.backbone}'s")
     if cfg.backbone_width != 64:
         problems.append(f"model.backbone_width={cfg.backbone_width} must be 64")
     if cfg.backbone_style != "keras":

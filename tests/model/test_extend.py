@@ -132,3 +132,30 @@ def test_an_added_loss_term_is_logged_and_validated(tmp_path):
         assert 0 <= float(row["mask_dice"]) <= 1, row
         parts = ("rpn_class", "rpn_box", "class", "box", "mask", "mask_dice")
         assert float(row["loss"]) == pytest.approx(sum(float(row[k]) for k in parts), rel=1e-4)
+
+
+def test_a_deeper_resnet_in_a_config_file_is_rebuilt_from_the_run_alone(tmp_path):
+    # The README's ResNet152 recipe at test size: blocks per stage in the config, no global table edit.
+    from maskrcnn.model import build_model
+    from maskrcnn.train.loop import load_trained
+
+    path = tmp_path / "deeper.py"
+    path.write_text(
+        "import dataclasses\nfrom maskrcnn.config import load_config\n\n"
+        "def get_config():\n    base = load_config('tiny')\n"
+        "    model = dataclasses.replace(\n"
+        "        base.model, backbone='resnet_deeper', backbone_blocks=(1, 2, 3, 1))\n"
+        "    return dataclasses.replace(base, name='deeper', model=model)\n"
+    )
+    config = load_config(str(path))
+    model = build_model(config.model, config.data.image_size)
+    names = {layer.name for layer in model.backbone.layers}
+    assert "conv4_block3_out" in names and "conv4_block4_out" not in names and "conv3_block2_out" in names
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(config.to_json())
+    model.save_weights(str(workdir / "model.weights.h5"))
+    loaded_config, loaded = load_trained(str(workdir))  # as `maskrcnn evaluate` / `predict` do
+    assert loaded_config.model.backbone_blocks == (1, 2, 3, 1)
+    for a, b in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
