@@ -150,30 +150,10 @@ def baseline_scores(train_sources, test_source) -> dict:
 
 
 ANALYSIS = """
-## What held it back, what was fixed, what limits it now
+## What limits it now
 
-The first recipe, `learning_classes` (five classes, batch norm frozen as Matterport's `TRAIN_BN = False`
-that the seed paper used), lost to the baseline (`learning_classes.md`, trained and scored by this same
-benchmark with `--config learning_classes`). Two changes, made together (the
-30-minute runs did not leave time to measure them apart), turned it into the `learning` config:
-
-- **Batch-norm statistics train** (`model.train_bn=True`). Frozen batch norm keeps a randomly initialised
-  network at its initial identity statistics; Matterport's setting is for fine-tuning pretrained weights
-  with batches of two, not for training from scratch.
-- **One class** (`data.variant="nuclei"`). With five classes the box head must also learn the nucleus
-  type, which CoNSeP's classes make hard (per-class PQ in `learning_classes.md`); every nucleus it calls
-  the wrong class or background is lost to bPQ as well. The benchmark's headline metric is binary, so the
-  binary detector is the right model for it; the five-class run stays as the per-class reference.
-
-What limits it now, from the tables above:
-
-- **Recall.** Mask R-CNN finds fewer than half of fold 3's nuclei at IoU > 0.5, at a precision far above
-  the baseline's: it misses nuclei rather than inventing them.
-- **Anchors.** One anchor scale per FPN level (Matterport's scheme, our `generate_anchors` contract) gives
-  few nuclei an anchor of IoU >= 0.7, so most reach the RPN only through the best-anchor rule; more scales
-  per level or a lower RPN positive threshold would give the RPN more positives per nucleus.
-- **Budget.** About 1,400 steps of 4 tiles in 30 CPU minutes, from random weights: the training loss is
-  still falling at the end. A GPU trains the same config for many more epochs in that time.
+Each detection change measured on its own, the anchor coverage of each assignment rule, and what the
+figures say limits the result: [learning_ablation.md](learning_ablation.md).
 """
 
 
