@@ -77,7 +77,9 @@ def test_prepare_jitters_the_image_and_leaves_boxes_and_masks_alone():
         "fold": 1,
         "index": 0,
     }
-    base = load_config("tiny").data
+    base = dataclasses.replace(
+        load_config("tiny").data, hed_jitter=0.0, brightness=0.0, contrast=0.0, saturation=0.0
+    )
     plain = ip.prepare(example, base, np.random.default_rng(11))
     jitter = dataclasses.replace(base, hed_jitter=0.05, brightness=0.1, contrast=0.1, saturation=0.1)
     jittered = ip.prepare(example, jitter, np.random.default_rng(11))
