@@ -11,6 +11,7 @@ from PIL import Image
 from maskrcnn import cli
 from maskrcnn.config import apply_overrides, load_config
 from maskrcnn.predict import output_names, predict_files
+from tests.model.helpers import tiny_training_config
 
 # ----------------------------------------------------------------------------------------- configs
 BAD_VALUES = [
@@ -345,16 +346,10 @@ def test_a_divergence_names_the_last_healthy_checkpoint_and_resume_recovers_from
     from maskrcnn.train import checkpoint
     from maskrcnn.train.loop import NonFiniteLossError, train
 
-    base = load_config("tiny")
-    config = dataclasses.replace(
-        base,
-        data=dataclasses.replace(base.data, builder="synthetic", synthetic_images_per_fold=6, image_size=64),
-        train=dataclasses.replace(
-            base.train,
-            steps_per_epoch=2,
-            checkpoint_every_steps=1,
-            stages=(StageConfig("a", "all", 1, 1e-2), StageConfig("b", "all", 10, 1e6)),
-        ),
+    config = tiny_training_config(
+        [StageConfig("a", "all", 1, 1e-2), StageConfig("b", "all", 10, 1e6)],
+        steps_per_epoch=2,
+        checkpoint_every_steps=1,
     )
     workdir = str(tmp_path / "run")
     with pytest.raises(NonFiniteLossError, match=r"last healthy checkpoint is .*0-00000002") as error:

@@ -47,3 +47,17 @@ def batch_from_labels(label_maps, max_instances, mini_mask_size, rng=None):
             xs = (x1 + (np.arange(mini_mask_size) + 0.5) * (x2 - x1) / mini_mask_size).astype(int)
             masks[i, j] = m[np.ix_(ys, xs)]
     return {"image": images, "boxes": boxes, "classes": classes, "masks": masks, "valid": valid}
+
+
+def tiny_training_config(stages, **train):
+    """The tiny config on 64 px synthetic folds of 6 images: a training run of a few seconds."""
+    import dataclasses
+
+    from maskrcnn.config import load_config
+
+    base = load_config("tiny")
+    return dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, builder="synthetic", synthetic_images_per_fold=6, image_size=64),
+        train=dataclasses.replace(base.train, stages=tuple(stages), **train),
+    )

@@ -18,7 +18,7 @@ from maskrcnn.train.step import (
     make_train_step,
     trainable_mask,
 )
-from tests.model.helpers import batch_from_labels, make_instances
+from tests.model.helpers import batch_from_labels, make_instances, tiny_training_config
 
 
 def test_dice_loss_known_answers():
@@ -110,18 +110,10 @@ def test_heads_that_do_not_fit_the_classes_are_refused_when_built():
 
 def test_an_added_loss_term_is_logged_and_validated(tmp_path):
     import csv
-    import dataclasses
 
     from maskrcnn.train.loop import train
 
-    base = load_config("tiny")
-    config = dataclasses.replace(
-        base,
-        data=dataclasses.replace(base.data, builder="synthetic", synthetic_images_per_fold=6, image_size=64),
-        train=dataclasses.replace(
-            base.train, steps_per_epoch=2, stages=(StageConfig("all", "all", 1, 1e-2),)
-        ),
-    )
+    config = tiny_training_config([StageConfig("all", "all", 1, 1e-2)], steps_per_epoch=2)
     model = DiceMaskRCNN(config.model, backbone=build_resnet("tiny", width=8))
     model.build((None, 64, 64, 3))
     train(config, str(tmp_path), model=model, progress=False)
