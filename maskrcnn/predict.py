@@ -6,11 +6,15 @@ nuclei whose centroid lies in its *core*: the tile minus half the overlap on eve
 another tile. The cores partition the image, so every nucleus is kept by exactly one tile, and a nucleus
 smaller than half the overlap is whole in that tile. Outputs: the label map (TIFF), a CSV of instances
 and an overlay picture.
+
+Whole-slide images (.svs, tiled pyramidal TIFF, the other formats OpenSlide reads) take the streaming
+path of :mod:`maskrcnn.slides` instead, with the same tiles and ownership rule.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections.abc import Callable, Iterable
 
@@ -19,6 +23,8 @@ from scipy import ndimage
 
 TILE = 256  # PanNuke's patch size: the resolution the models are trained at
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Whole-slide formats (OpenSlide's); tiled TIFFs are slides too (maskrcnn.slides.is_slide).
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 
 
 class ImageError(ValueError):
@@ -71,14 +77,40 @@ def tile_origins(size: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (size - tile) / (count - 1)) for i in range(count)]
 
 
-def _cores(origins: list[int], tile: int, size: int) -> list[tuple[int, int]]:
-    """The part of each tile that it owns: halfway into every overlap with a neighbour."""
+def tile_cores(origins: list[int], tile: int, size: int) -> list[tuple[int, int]]:
+    """The part ``[lo, hi)`` of each tile that it owns: halfway into every overlap with a neighbour.
+
+    The cores of :func:`tile_origins`' tiles partition ``[0, size)``.
+    """
     bounds = []
     for i, start in enumerate(origins):
         lo = 0 if i == 0 else (origins[i - 1] + tile + start) // 2
         hi = size if i == len(origins) - 1 else (start + tile + origins[i + 1]) // 2
         bounds.append((lo, hi))
     return bounds
+
+
+def owned_ids(
+    tile_labels: np.ndarray, origin: tuple[int, int], y_core: tuple[int, int], x_core: tuple[int, int]
+) -> np.ndarray:
+    """The instance ids of one tile that the tile owns: those whose centroid lies in its core.
+
+    Args:
+      tile_labels: int (TILE, TILE) label map of the tile (0 background).
+      origin: (y, x) of the tile's top-left pixel in the image.
+      y_core, x_core: the tile's core ``[lo, hi)`` along each axis, in image pixels (:func:`tile_cores`).
+
+    Returns:
+      int (n,) the owned ids, ascending.
+    """
+    ids = np.unique(tile_labels)
+    ids = ids[ids > 0]
+    if not len(ids):
+        return ids
+    centres = np.asarray(ndimage.center_of_mass(np.ones_like(tile_labels), tile_labels, ids)).reshape(-1, 2)
+    gy, gx = centres[:, 0] + origin[0], centres[:, 1] + origin[1]
+    inside = (y_core[0] <= gy) & (gy < y_core[1]) & (x_core[0] <= gx) & (gx < x_core[1])
+    return ids[inside]
 
 
 def segment_large(
@@ -104,7 +136,7 @@ def segment_large(
     canvas = np.full((padded_h, padded_w, 3), 255, np.uint8)
     canvas[:height, :width] = image
     ys, xs = tile_origins(padded_h, TILE, overlap), tile_origins(padded_w, TILE, overlap)
-    y_cores, x_cores = _cores(ys, TILE, padded_h), _cores(xs, TILE, padded_w)
+    y_cores, x_cores = tile_cores(ys, TILE, padded_h), tile_cores(xs, TILE, padded_w)
     jobs = [
         (y, x, yc, xc) for y, yc in zip(ys, y_cores, strict=True) for x, xc in zip(xs, x_cores, strict=True)
     ]
@@ -116,17 +148,7 @@ def segment_large(
         for (y, x, (y_lo, y_hi), (x_lo, x_hi)), (tile_labels, scores, classes) in zip(
             chunk, predict_tiles(tiles), strict=True
         ):
-            ids = np.unique(tile_labels)
-            ids = ids[ids > 0]
-            if not len(ids):
-                continue
-            centres = np.asarray(ndimage.center_of_mass(np.ones_like(tile_labels), tile_labels, ids)).reshape(
-                -1, 2
-            )
-            for ident, (cy, cx) in zip(ids, centres, strict=True):
-                gy, gx = cy + y, cx + x
-                if not (y_lo <= gy < y_hi and x_lo <= gx < x_hi):
-                    continue  # another tile owns this nucleus
+            for ident in owned_ids(tile_labels, (y, x), (y_lo, y_hi), (x_lo, x_hi)):
                 where = (tile_labels == ident) & (labels[y : y + TILE, x : x + TILE] == 0)
                 new_id = len(instances) + 1
                 labels[y : y + TILE, x : x + TILE][where] = new_id
@@ -208,12 +230,15 @@ def write_outputs(out_dir: str, name: str, image, labels, rows, label_format: st
 
 
 def list_inputs(inputs: list[str]) -> list[str]:
-    """The image files named or inside the named folders, in sorted order."""
+    """The image and slide files named or inside the named folders, in sorted order."""
     files = []
     for item in inputs:
         if os.path.isdir(item):
             files += sorted(
-                os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_SUFFIXES)
+                os.path.join(item, f)
+                for f in os.listdir(item)
+                if f.lower().endswith(IMAGE_SUFFIXES + SLIDE_SUFFIXES)
+                and os.path.isfile(os.path.join(item, f))
             )
         elif os.path.exists(item):
             files.append(item)
@@ -252,7 +277,10 @@ def check_arguments(inputs: list[str], out_dir: str, overlap: int) -> list[tuple
         raise NotADirectoryError(f"--out {out_dir} is a file; give a folder for the outputs")
     paths = list_inputs(inputs)
     if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(inputs)}")
+        raise FileNotFoundError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) or slides ({', '.join(SLIDE_SUFFIXES)}) in "
+            + ", ".join(inputs)
+        )
     return list(zip(paths, output_names(paths), strict=True))
 
 
@@ -285,40 +313,69 @@ def predict_files(
     overlap: int = 64,
     label_format: str = "tif",
     progress: bool = True,
+    slides=None,
+    resume: bool = False,
+    workers: int = 0,
+    scheduler: str | None = None,
 ) -> list[str]:
-    """Runs the model trained in ``workdir`` on every image; returns the files that failed (reported)."""
+    """Runs the model trained in ``workdir`` on every image and slide; returns the files that failed
+    (each reported).
+
+    Images go through :func:`segment_large`; whole-slide images (:func:`maskrcnn.slides.is_slide`)
+    through :func:`maskrcnn.slides.run_cohort` with ``slides`` (a :class:`maskrcnn.slides.SlideOptions`),
+    ``resume`` (skip slides already finished), and ``workers`` / ``scheduler`` (a Dask cluster).
+    """
+    import functools
+
     from tqdm.auto import tqdm
 
-    from maskrcnn.train.loop import load_trained
+    from maskrcnn.slides import SlideOptions, is_slide, load_tile_model, run_cohort
 
     jobs = check_arguments(inputs, out_dir, overlap)
-    config, model = load_trained(workdir)
-    predict_tiles = make_tile_predictor(config, model)
+    slide_options = dataclasses.replace(slides or SlideOptions(), overlap=overlap, progress=progress)
+    slide_options.check()
+    if workers < 0:
+        raise ValueError(f"--workers {workers}: must be at least 1 (or 0 to run here)")
+    slide_jobs = [(p, n) for p, n in jobs if is_slide(p)]
+    image_jobs = [(p, n) for p, n in jobs if not is_slide(p)]
     failed = []
-    for path, name in tqdm(jobs, desc="predict", disable=not progress, dynamic_ncols=True):
-        try:
-            image = read_image(path)
-        except ImageError as error:
-            print(f"skipped: {error}")
-            failed.append(path)
-            continue
-        work = image
-        if scale != 1.0:
-            size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
-            work = np.clip(
-                ndimage.zoom(
-                    image.astype(np.float32),
-                    (size[0] / image.shape[0], size[1] / image.shape[1], 1),
-                    order=1,
-                    grid_mode=True,
-                    mode="nearest",
-                ),
-                0,
-                255,
-            ).astype(np.uint8)
-        labels, instances = segment_large(work, predict_tiles, overlap=overlap)
-        if scale != 1.0:
-            labels = resize_nearest(labels, image.shape[:2])
-        rows = instance_table(labels, instances, config.data.class_names)
-        write_outputs(out_dir, name, image, labels, rows, label_format)
+    if image_jobs:
+        model = load_tile_model(os.path.abspath(workdir))  # loaded once for the images and the slides
+        for path, name in tqdm(image_jobs, desc="predict", disable=not progress, dynamic_ncols=True):
+            try:
+                image = read_image(path)
+            except ImageError as error:
+                print(f"skipped: {error}")
+                failed.append(path)
+                continue
+            work = image
+            if scale != 1.0:
+                size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+                work = np.clip(
+                    ndimage.zoom(
+                        image.astype(np.float32),
+                        (size[0] / image.shape[0], size[1] / image.shape[1], 1),
+                        order=1,
+                        grid_mode=True,
+                        mode="nearest",
+                    ),
+                    0,
+                    255,
+                ).astype(np.uint8)
+            labels, instances = segment_large(work, model.predict_tiles, overlap=overlap)
+            if scale != 1.0:
+                labels = resize_nearest(labels, image.shape[:2])
+            rows = instance_table(labels, instances, model.class_names)
+            write_outputs(out_dir, name, image, labels, rows, label_format)
+    if slide_jobs:
+        results = run_cohort(
+            slide_jobs,
+            out_dir,
+            functools.partial(load_tile_model, os.path.abspath(workdir)),
+            slide_options,
+            resume=resume,
+            workers=workers,
+            scheduler=scheduler,
+        )
+        failed += [r.path for r in results if r.status == "failed"]
     return failed
