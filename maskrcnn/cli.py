@@ -88,13 +88,30 @@ def cmd_evaluate(args):
 
 def cmd_predict(args):
     from maskrcnn.predict import predict_files
+    from maskrcnn.slides import SlideOptions
 
-    failed = predict_files(
-        args.workdir, args.inputs, args.out, scale=args.scale, overlap=args.overlap, label_format=args.format
+    slides = SlideOptions(
+        mpp=args.mpp,
+        tissue_mask=not args.no_tissue_mask,
+        labels=args.labels,
+        batch=args.batch,
+        read_threads=args.read_threads,
     )
-    print(f"label maps, instance tables and overlays in {args.out}/")
+    failed = predict_files(
+        args.workdir,
+        args.inputs,
+        args.out,
+        scale=args.scale,
+        overlap=args.overlap,
+        label_format=args.format,
+        slides=slides,
+        resume=args.resume,
+        workers=args.workers,
+        scheduler=args.scheduler,
+    )
+    print(f"outputs in {args.out}/")
     if failed:
-        print(f"{len(failed)} file(s) could not be read: " + ", ".join(failed))
+        print(f"{len(failed)} file(s) failed (see above): " + ", ".join(failed))
         return 1
     return 0
 
@@ -213,9 +230,12 @@ def main(argv=None):
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        "predict", parents=[common], help="segment nuclei in images of any size (PNG, JPEG, TIFF)"
+        "predict",
+        parents=[common],
+        help="segment nuclei in images of any size (PNG, JPEG, TIFF) and whole-slide images (.svs, "
+        "pyramidal .tif, .ndpi, .mrxs, ...: QuPath GeoJSON and a CSV per slide)",
     )
-    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    p.add_argument("inputs", nargs="+", help="image or slide files, or folders of them")
     p.add_argument("--workdir", required=True, help="the training run (config.json, model.weights.h5)")
     p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
     p.add_argument(
@@ -226,6 +246,32 @@ def main(argv=None):
     )
     p.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring 256 px tiles")
     p.add_argument("--format", choices=("tif", "png", "npy"), default="tif", help="label map file format")
+    g = p.add_argument_group("whole-slide images")
+    g.add_argument(
+        "--mpp",
+        type=float,
+        help="microns per pixel of the slides' level 0, for slides whose metadata lack it (overrides it)",
+    )
+    g.add_argument(
+        "--no-tissue-mask", action="store_true", help="send every tile to the model, background included"
+    )
+    g.add_argument(
+        "--labels", action="store_true", help="also write the level-0 instance label map (<name>_labels.zarr)"
+    )
+    g.add_argument("--resume", action="store_true", help="skip slides whose outputs are already complete")
+    g.add_argument("--batch", type=int, default=8, help="tiles per model call (default 8)")
+    g.add_argument("--read-threads", type=int, default=4, help="threads reading tiles (default 4)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run the slides on a local Dask cluster of N workers, one per GPU (pip install "
+        "'maskrcnn-nuclei[cluster]')",
+    )
+    g.add_argument(
+        "--scheduler",
+        help="address of a running Dask scheduler (tcp://host:8786) whose workers run the slides",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(

@@ -13,6 +13,7 @@ output folder themselves, so it must be on storage every worker sees.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Sequence
 
@@ -71,6 +72,9 @@ def local_cluster(workers: int):
         i: {
             "cls": Nanny,
             "options": {
+                "host": "127.0.0.1",  # this machine only: the scheduler and its workers talk over loopback
+                "dashboard": False,
+                "silence_logs": logging.ERROR,
                 "nthreads": 1,
                 "resources": {RESOURCE: 1},
                 "env": {"CUDA_VISIBLE_DEVICES": visible[i % len(visible)] if visible else str(i)},
@@ -78,8 +82,8 @@ def local_cluster(workers: int):
         }
         for i in range(workers)
     }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
-    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=40)
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False}}
+    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR)
 
 
 def _check_workers(client, address: str):

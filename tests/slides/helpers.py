@@ -27,22 +27,25 @@ def draw_tissue(rng, height: int, width: int, count: int, radius=(4.0, 11.0), ma
     image[:] = EOSIN
     labels = np.zeros((height, width), np.int32)
     classes = {}
-    yy, xx = np.mgrid[:height, :width]
-    grown = np.zeros((height, width), bool)
+    grown = np.zeros((height, width), bool)  # the discs grown by 2.5 px: new discs keep out of it
     for _ in range(count * 20):
         if len(classes) == count:
             break
         r = rng.uniform(*radius)
         cy = rng.uniform(r + margin, height - r - margin)
         cx = rng.uniform(r + margin, width - r - margin)
-        disc = (yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= r * r
-        if grown[disc].any():
+        y0, x0 = max(0, int(cy - r - 4)), max(0, int(cx - r - 4))
+        y1, x1 = min(height, int(cy + r + 5)), min(width, int(cx + r + 5))
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        distance = (yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2
+        disc = distance <= r * r
+        if grown[y0:y1, x0:x1][disc].any():
             continue
         ident = len(classes) + 1
         classes[ident] = int(rng.integers(1, 3))
-        labels[disc] = ident
-        image[disc] = NUCLEUS[classes[ident]]
-        grown |= (yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= (r + 2.5) ** 2
+        labels[y0:y1, x0:x1][disc] = ident
+        image[y0:y1, x0:x1][disc] = NUCLEUS[classes[ident]]
+        grown[y0:y1, x0:x1] |= distance <= (r + 2.5) ** 2
     return image, labels, classes
 
 
@@ -125,8 +128,12 @@ def aperio_description(width: int, height: int, mpp: float) -> str:
 
 def write_sparse_slide(path: str, size: int, patches, mpp: float = 0.25, *, tile: int = 512, levels: int = 5):
     """A ``size`` x ``size`` pyramidal TIFF of white glass with ``patches`` [(y, x, uint8 (h, w, 3))]
-    pasted in, written tile by tile from generators (memory does not depend on ``size``)."""
+    pasted in, written tile by tile (memory does not depend on ``size``). Tiles are deflated here and
+    handed to tifffile encoded: the glass tile, the same every time, is compressed once."""
+    import zlib
+
     white = np.full((tile, tile, 3), 255, np.uint8)
+    white_bytes = zlib.compress(white.tobytes())
 
     def tiles(k):
         f = 2**k
@@ -141,7 +148,7 @@ def write_sparse_slide(path: str, size: int, patches, mpp: float = 0.25, *, tile
                     if ya < yb and xa < xb:
                         out = white.copy() if out is None else out
                         out[ya - ty : yb - ty, xa - tx : xb - tx] = p[ya - y : yb - y, xa - x : xb - x]
-                yield white if out is None else out
+                yield white_bytes if out is None else zlib.compress(out.tobytes())
 
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
         for k in range(levels):
