@@ -18,7 +18,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA))
 
 .PHONY: install test test-all lint demo data train train-heads train-all evaluate predict \
-        bench bench-ops bench-evaluation bench-input bench-model bench-learning clean
+        bench bench-ops bench-evaluation bench-input bench-model bench-learning bench-slide clean
 
 install: $(STAMP)
 
@@ -80,6 +80,10 @@ bench-input: install
 
 bench-model: install
 	$(PY) experiments/bench_model.py
+
+# Whole-slide path against the model alone, tiles per second (tiny preset; ARGS="--config fast" on a GPU).
+bench-slide: install
+	$(PY) experiments/bench_slide.py $(ARGS)
 
 # Not part of `make bench`: ~35 CPU minutes on real tiles that may not be shared, so DATA is given by hand.
 # DATA: the consep_train folder (consep_train.npz, make_pannuke_fold.py). Scratch files go to runs/learning.

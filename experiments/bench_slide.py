@@ -1,0 +1,185 @@
+"""Tiles per second through the whole slide path against the model alone on the same tiles.
+
+    make bench-slide                                   # tiny preset, writes experiments/results/slide.md
+    python experiments/bench_slide.py --config fast --size 8192
+    python experiments/bench_slide.py --quick          # a check that it runs; writes nothing
+
+A synthetic H&E slide (maskrcnn.synthetic's patches mosaicked into a tiled, deflate-compressed pyramidal
+TIFF at 0.25 um/px, tissue everywhere) goes through ``segment_slide`` (reader threads, the jitted batch
+prediction, stitching, polygons, GeoJSON and CSV) with a randomly initialised model of the preset; then
+the same tiles, read into memory beforehand, go through the same jitted predictor alone. The goal: the
+whole path within 10% of the model alone, i.e. the device never waits on the host. Runs unchanged on a
+GPU (the device is printed and recorded); each device's figures replace only its own block of the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "slide.md")
+
+
+def make_slide(path: str, size: int, seed: int = 0):
+    """A size x size slide of synthetic H&E patches (256 px each), three pyramid levels."""
+    import numpy as np
+    import tifffile
+
+    from maskrcnn.synthetic import make_image
+
+    rng = np.random.default_rng(seed)
+    patches = [make_image(rng, 256)[0].astype(np.uint8) for _ in range(16)]
+    image = np.empty((size, size, 3), np.uint8)
+    for i, y in enumerate(range(0, size, 256)):
+        for j, x in enumerate(range(0, size, 256)):
+            patch = patches[(i * 7 + j * 3) % len(patches)]
+            image[y : y + 256, x : x + 256] = patch[: size - y, : size - x]
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for k in range(3):
+            level = image[:: 2**k, :: 2**k]
+            tw.write(
+                level,
+                tile=(256, 256),
+                compression="zlib",
+                photometric="rgb",
+                subfiletype=1 if k else 0,
+                resolution=(1e4 / (0.25 * 2**k),) * 2,
+                resolutionunit="CENTIMETER",
+                metadata=None,
+            )
+
+
+def build(config_name: str, min_confidence: float | None, batch: int):
+    from maskrcnn.config import load_config
+    from maskrcnn.model import build_model
+    from maskrcnn.predict import make_tile_predictor
+    from maskrcnn.slides import PANNUKE_MPP, TileModel
+
+    config = load_config(config_name)
+    if min_confidence is not None:
+        model_config = dataclasses.replace(config.model, detection_min_confidence=min_confidence)
+        config = dataclasses.replace(config, model=model_config)
+    model = build_model(
+        config.model, config.data.image_size, mini_masks=config.data.mini_mask_size is not None
+    )
+    return config, TileModel(make_tile_predictor(config, model), tuple(config.data.class_names), PANNUKE_MPP)
+
+
+def model_alone(model, tiles, batch: int) -> float:
+    """Seconds for the predictor on every tile in batches (the last padded as the slide path pads it)."""
+    import numpy as np
+
+    start = time.perf_counter()
+    for i in range(0, len(tiles), batch):
+        chunk = tiles[i : i + batch]
+        chunk = chunk + [chunk[-1]] * (batch - len(chunk))
+        model.predict_tiles(np.stack(chunk))
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny", help="preset (tiny, fast, ...), random weights")
+    p.add_argument("--size", type=int, help="slide side in pixels (default 2048 on a CPU, 8192 on a GPU)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--read-threads", type=int, default=4)
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        help="detection confidence (default: the preset's); 0 fills every detection slot (the host's worst "
+        "case)",
+    )
+    p.add_argument("--repeats", type=int, default=2, help="runs of each; the fastest counts")
+    p.add_argument("--quick", action="store_true", help="a 768 px slide, one run, nothing written")
+    args = p.parse_args(argv)
+
+    import jax
+
+    from maskrcnn.predict import TILE
+    from maskrcnn.slides import ModelResolution, Slide, SlideOptions, TileGrid, segment_slide
+
+    device = jax.devices()[0]
+    kind = f"{device.platform}: {getattr(device, 'device_kind', device.platform)}"
+    on_gpu = device.platform not in ("cpu",)
+    size = 768 if args.quick else args.size or (8192 if on_gpu else 2048)
+    repeats = 1 if args.quick else args.repeats
+    print(f"device {kind} ({len(jax.devices())} visible), {os.cpu_count()} CPU cores, jax {jax.__version__}")
+    work = tempfile.mkdtemp(prefix="bench-slide-")
+    try:
+        path = os.path.join(work, "bench.tif")
+        make_slide(path, size)
+        config, model = build(args.config, args.min_confidence, args.batch)
+        options = SlideOptions(
+            tissue_mask=False, batch=args.batch, read_threads=args.read_threads, progress=not args.quick
+        )
+        with Slide(path) as slide:
+            res = ModelResolution(slide, model.mpp)
+            grid = TileGrid(res.size, options.overlap)
+            tiles = [
+                res.read_tile(*grid.origin(r, c), TILE)
+                for r in range(grid.shape[0])
+                for c in range(grid.shape[1])
+            ]
+        started = time.perf_counter()
+        model_alone(model, tiles[: args.batch], args.batch)  # the compile
+        compile_s = time.perf_counter() - started
+        alone = min(model_alone(model, tiles, args.batch) for _ in range(repeats))
+        whole, summary = float("inf"), None
+        for i in range(repeats):
+            started = time.perf_counter()
+            summary = segment_slide(path, f"bench{i}", os.path.join(work, "out"), model, options)
+            whole = min(whole, time.perf_counter() - started)
+        n = len(tiles)
+        assert summary["tiles_read"] == n
+        row = {
+            "device": kind,
+            "config": config.name,
+            "slide": f"{size} px",
+            "tiles": n,
+            "batch": args.batch,
+            "nuclei per tile": round(summary["nuclei"] / n, 1),
+            "model alone (tiles/s)": round(n / alone, 2),
+            "whole path (tiles/s)": round(n / whole, 2),
+            "whole / alone": f"{alone / whole:.1%}",
+            "model waited for tiles (s)": summary["seconds_model_waited_for_tiles"],
+            "compile (s)": round(compile_s, 1),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    header = "| " + " | ".join(row) + " |\n|" + "---|" * len(row)
+    line = "| " + " | ".join(str(v) for v in row.values()) + " |"
+    print(header + "\n" + line)
+    if args.quick:
+        print("(--quick: nothing written)")
+        return 0
+    block = (
+        f"<!-- bench-slide {device.platform} -->\n"
+        f"Made by `python experiments/bench_slide.py {' '.join(argv or sys.argv[1:])}`, "
+        f"{time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"jax {jax.__version__}, {args.read_threads} reader threads.\n\n{header}\n{line}\n"
+        f"<!-- /bench-slide {device.platform} -->"
+    )
+    text = open(RESULTS).read() if os.path.exists(RESULTS) else "# Whole-slide inference\n"
+    pattern = re.compile(
+        rf"<!-- bench-slide {device.platform} -->.*?<!-- /bench-slide {device.platform} -->", re.S
+    )
+    text = (
+        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
+    with open(RESULTS, "w") as f:
+        f.write(text)
+    print(f"written to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
