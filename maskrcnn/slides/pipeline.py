@@ -116,7 +116,11 @@ def stream_batches(
       the first error of any stage; the others are stopped.
     """
     start = time.perf_counter()
-    chunks = [jobs[i : i + batch] for i in range(0, len(jobs), batch)]
+    count = -(-len(jobs) // batch)
+
+    def chunk(i):
+        return jobs[i * batch : (i + 1) * batch]
+
     done: queue.Queue = queue.Queue(maxsize=ahead)
     failure: list[BaseException] = []
     stop = threading.Event()
@@ -145,9 +149,9 @@ def stream_batches(
     pending: collections.deque = collections.deque()
     try:
         submitted = 0
-        for index in range(len(chunks)):
-            while submitted < len(chunks) and len(pending) <= ahead:
-                pending.append([pool.submit(read, job) for job in chunks[submitted]])
+        for index in range(count):
+            while submitted < count and len(pending) <= ahead:
+                pending.append([pool.submit(read, job) for job in chunk(submitted)])
                 submitted += 1
             futures = pending.popleft()
             waited = time.perf_counter()
@@ -163,7 +167,7 @@ def stream_batches(
             timings["model"] += time.perf_counter() - began
             while not stop.is_set():
                 try:
-                    done.put((chunks[index], predictions), timeout=0.1)
+                    done.put((chunk(index), predictions), timeout=0.1)
                     break
                 except queue.Full:
                     continue
@@ -205,7 +209,7 @@ def segment_slide(path: str, name: str, out_dir: str, model: TileModel, options:
             keep = tiles_with_tissue(mask, thumb_ds / res.scale, grid.ys, grid.xs, TILE)
         else:
             mask, keep = None, np.ones(grid.shape, bool)
-        jobs = [tuple(int(v) for v in rc) for rc in np.argwhere(keep)]  # raster order
+        jobs = np.argwhere(keep).astype(np.int32)  # (row, col) of the tiles to read, in raster order
         writer = SlideWriter(
             out_dir,
             name,
@@ -220,7 +224,7 @@ def segment_slide(path: str, name: str, out_dir: str, model: TileModel, options:
             stitcher = Stitcher(grid)
 
             def read(job):
-                y, x = grid.origin(*job)
+                y, x = grid.origin(int(job[0]), int(job[1]))
                 return res.read_tile(y, x, TILE)
 
             def consume(job, prediction):

@@ -80,8 +80,7 @@ class Slide:
                 f"{path}: OpenSlide cannot open it ({type(error).__name__}: {error}); is it a whole slide "
                 "in a format OpenSlide reads (.svs, tiled pyramidal .tif, .ndpi, .mrxs, .scn, ...)?"
             ) from None
-        if hasattr(openslide, "OpenSlideCache"):
-            self._slide.set_cache(openslide.OpenSlideCache(CACHE_BYTES))
+        self.set_cache(CACHE_BYTES)
         self.dimensions = tuple(int(v) for v in self._slide.dimensions)  # (width, height) of level 0
         self.level_dimensions = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]
         self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
@@ -112,6 +111,13 @@ class Slide:
                 "TIFF's default 72 dpi reads as 352.8); pass --mpp with the scan's real resolution"
             )
         return value
+
+    def set_cache(self, capacity: int):
+        """Gives OpenSlide a fresh decoded-tile cache of ``capacity`` bytes (the old one is freed)."""
+        import openslide
+
+        if hasattr(openslide, "OpenSlideCache"):  # OpenSlide >= 4.0
+            self._slide.set_cache(openslide.OpenSlideCache(capacity))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -186,11 +192,19 @@ class ModelResolution:
         return np.asarray(region.resize((tile, tile), Image.Resampling.BILINEAR, box=box))
 
 
-def read_thumbnail(slide: Slide, downsample: float, block: int = 2048) -> np.ndarray:
+def read_thumbnail(slide: Slide, downsample: float, block: int = 1024) -> np.ndarray:
     """uint8 (ceil(H / downsample), ceil(W / downsample), 3): the slide at ``downsample`` level-0 pixels
     per pixel (H, W: level 0), read from the coarsest level at least that fine in blocks of about
-    ``block`` level pixels, so that a slide without a pyramid is never read whole into memory.
+    ``block`` level pixels, so that a slide without a pyramid is never read whole into memory. Each tile
+    of that level is decoded once, so OpenSlide's cache is off meanwhile (it would only fill with them).
     """
+    slide.set_cache(0)
+    thumbnail = _read_thumbnail(slide, downsample, block)  # after an OpenSlide error the slide is done for
+    slide.set_cache(CACHE_BYTES)
+    return thumbnail
+
+
+def _read_thumbnail(slide: Slide, downsample: float, block: int) -> np.ndarray:
     from PIL import Image
 
     level = slide.best_level(downsample)

@@ -90,6 +90,7 @@ class Stitcher:
         self._reach = math.ceil(grid.tile / max(stride, 1))  # tiles this far apart may overlap
         self._claims: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
         self._last = (-1, -1)
+        self._row = -1
         self.next_id = 1
 
     def add(self, row: int, col: int, tile_labels, scores, classes) -> list[Nucleus]:
@@ -98,18 +99,21 @@ class Stitcher:
         Args:
           tile_labels: int (TILE, TILE), detection d is label d + 1; scores, classes: (D,).
         """
+        row, col = int(row), int(col)
         if (row, col) <= self._last:
             raise ValueError(f"tile {(row, col)} after {self._last}: tiles must come in raster order")
         self._last = (row, col)
         y, x = self.grid.origin(row, col)
         tile = self.grid.tile
-        for key in [k for k in self._claims if k[0] < row - self._reach]:
-            del self._claims[key]  # the raster has moved past these rows
+        if row != self._row:  # the raster has moved past the rows above reach: forget their nuclei
+            self._row = row
+            for key in [k for k in self._claims if k[0] < row - self._reach]:
+                del self._claims[key]
         near = [
             claim
-            for (r, c), claims in self._claims.items()
-            if abs(c - col) <= self._reach
-            for claim in claims
+            for r in range(row - self._reach, row + 1)
+            for c in range(col - self._reach, col + self._reach + 1)
+            for claim in self._claims.get((r, c), ())
         ]
         tile_labels = np.asarray(tile_labels)
         out, claims = [], []

@@ -19,10 +19,12 @@ DARK = 25  # pixels whose brightest channel is below this are no tissue (out-of-
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """float32 (H, W) HSV saturation (max - min) / max of uint8 (H, W, 3) RGB; 0 where max is 0."""
-    high = rgb.max(-1).astype(np.float32)
-    low = rgb.min(-1).astype(np.float32)
-    return np.where(high > 0, (high - low) / np.maximum(high, 1), 0).astype(np.float32)
+    """uint8 (H, W) HSV saturation, 255 * (max - min) / max, of uint8 (H, W, 3) RGB; 0 where max is 0."""
+    high = rgb.max(-1).astype(np.uint16)
+    spread = high - rgb.min(-1)
+    spread *= 255
+    spread //= np.maximum(high, 1)
+    return spread.astype(np.uint8)
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
@@ -33,10 +35,11 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     sat = saturation(rgb)
     bright = rgb.max(-1) >= DARK
     values = sat[bright]
+    low, high = (round(255 * v) for v in SATURATION_RANGE)
     if values.size and values.min() < values.max():
-        threshold = float(np.clip(threshold_otsu(values), *SATURATION_RANGE))
+        threshold = int(np.clip(threshold_otsu(values), low, high))
     else:  # one colour: tissue if it is coloured at all
-        threshold = SATURATION_RANGE[0]
+        threshold = low
     mask = (sat > threshold) & bright
     mask = ndimage.binary_closing(mask, np.ones((3, 3), bool), border_value=0) | mask
     return ndimage.binary_dilation(mask, np.ones((3, 3), bool))
@@ -57,8 +60,8 @@ def tiles_with_tissue(
       ys, xs: tile origins in model pixels; tiles are ``tile`` px square.
     """
     # A summed-area table answers "any tissue in this rectangle" for every tile at once.
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
-    table[1:, 1:] = np.cumsum(np.cumsum(mask, 0, dtype=np.int64), 1)
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int32)  # counts up to 2**31: 46k px square
+    np.cumsum(np.cumsum(mask, 0, dtype=np.int32), 1, out=table[1:, 1:])
 
     def spans(origins, size):
         starts = np.clip(np.floor(np.asarray(origins) / downsample).astype(int), 0, size)

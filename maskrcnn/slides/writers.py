@@ -112,6 +112,7 @@ class SlideWriter:
         self._draw = ImageDraw.Draw(self._picture)
         self._thumbnail_downsample = thumbnail_downsample
         self._labels = None
+        self._painted: set[tuple[int, int]] = set()  # level-0 chunks (row, column) holding nuclei
         if labels_size is not None:
             try:
                 import zarr
@@ -200,21 +201,29 @@ class SlideWriter:
             sub = block[r_in[0] : r_in[-1] + 1, c_in[0] : c_in[-1] + 1]
             sub[mask & (sub == 0)] = n.id
         self._labels[ya:yb, xa:xb] = block
+        self._painted.update(
+            (cy, cx)
+            for cy in range(ya // LABEL_CHUNK, (yb - 1) // LABEL_CHUNK + 1)
+            for cx in range(xa // LABEL_CHUNK, (xb - 1) // LABEL_CHUNK + 1)
+        )
 
     def _label_pyramid(self, mpp0: float):
         """Levels 1, 2, ...: each the last at half the size (every second pixel), down to one chunk."""
-        level, arrays = self._labels, [self._labels]
+        level, arrays, painted = self._labels, [self._labels], self._painted
         while max(level.shape) > LABEL_CHUNK:
             shape = ((level.shape[0] + 1) // 2, (level.shape[1] + 1) // 2)
             coarser = self._labels_group.create_array(
                 str(len(arrays)), shape=shape, chunks=(LABEL_CHUNK, LABEL_CHUNK), dtype="int32", fill_value=0
             )
-            step = 2 * LABEL_CHUNK
-            for y in range(0, level.shape[0], step):
-                for x in range(0, level.shape[1], step):
-                    block = level[y : y + step : 2, x : x + step : 2]
-                    if block.any():
-                        coarser[y // 2 : y // 2 + block.shape[0], x // 2 : x // 2 + block.shape[1]] = block
+            step = 2 * LABEL_CHUNK  # one chunk of the coarser level from 2 x 2 chunks of this one
+            above = set()
+            for cy, cx in sorted({(cy // 2, cx // 2) for cy, cx in painted}):  # the rest stays 0
+                block = level[cy * step : (cy + 1) * step : 2, cx * step : (cx + 1) * step : 2]
+                if block.any():
+                    y, x = cy * LABEL_CHUNK, cx * LABEL_CHUNK
+                    coarser[y : y + block.shape[0], x : x + block.shape[1]] = block
+                    above.add((cy, cx))
+            painted = above
             arrays.append(coarser)
             level = coarser
         axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in ("y", "x")]
