@@ -86,6 +86,79 @@ def model_alone(model, tiles, batch: int) -> float:
     return time.perf_counter() - start
 
 
+MEMORY_CHILD = """
+import json, resource, sys
+from maskrcnn.slides import SlideOptions, TileModel, segment_slide
+from tests.slides.helpers import CLASS_NAMES, PixelOracle
+options = SlideOptions(progress=False, labels=sys.argv[4] == "labels")
+s = segment_slide(sys.argv[1], "s", sys.argv[2] + sys.argv[3], TileModel(PixelOracle(), CLASS_NAMES), options)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+print(json.dumps({"peak": peak, **{k: s[k] for k in ("tiles", "tiles_read", "nuclei", "seconds")}}))
+"""
+
+
+def memory(sizes: list[int]) -> str:
+    """Peak resident memory of the slide path on square slides of ``sizes`` px, the same tissue in each.
+
+    The slides (tests/slides/helpers.py) are glass with three 1,024 px tissue patches; each runs in a
+    child process with the tests' oracle model, so the figure is the slide path's, not a network's.
+    """
+    import json
+    import subprocess
+
+    import numpy as np
+
+    from tests.slides.helpers import draw_tissue, write_sparse_slide
+
+    rng = np.random.default_rng(0)
+    places = ((1000, 1000), (3000, 6000), (7000, 2500))
+    patches = [(y, x, draw_tissue(rng, 1024, 1024, 300, margin=2)[0]) for y, x in places]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lines = [
+        "| slide (px) | tiles | tiles read | nuclei | peak RSS (MiB) | with --labels (MiB) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    work = tempfile.mkdtemp(prefix="bench-slide-memory-")
+    try:
+        for size in sizes:
+            path = os.path.join(work, f"{size}.tif")
+            write_sparse_slide(path, size, patches, levels=max(1, int(np.log2(size / 1000)) + 1))
+            runs = []
+            for labels in ("-", "labels"):
+                done = subprocess.run(
+                    [sys.executable, "-c", MEMORY_CHILD, path, os.path.join(work, "out"), str(size), labels],
+                    capture_output=True,
+                    text=True,
+                    cwd=root,
+                    env={**os.environ, "PYTHONPATH": root},
+                    check=True,
+                )
+                runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            plain, labelled = runs
+            lines.append(
+                f"| {size:,} | {plain['tiles']:,} | {plain['tiles_read']} | {plain['nuclei']} | "
+                f"{plain['peak']:.1f} | {labelled['peak']:.1f} |"
+            )
+            print(lines[-1], flush=True)
+            os.remove(path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return "\n".join(lines)
+
+
+def write_block(tag: str, block: str):
+    """Replaces the ``<!-- tag -->`` ... ``<!-- /tag -->`` block of the results (or appends it)."""
+    block = f"<!-- {tag} -->\n{block}\n<!-- /{tag} -->"
+    text = open(RESULTS).read() if os.path.exists(RESULTS) else "# Whole-slide inference\n"
+    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
+    text = (
+        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
+    with open(RESULTS, "w") as f:
+        f.write(text)
+    print(f"written to {RESULTS}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", help="preset (tiny, fast, ...), random weights")
@@ -100,7 +173,23 @@ def main(argv=None) -> int:
     )
     p.add_argument("--repeats", type=int, default=2, help="runs of each; the fastest counts")
     p.add_argument("--quick", action="store_true", help="a 768 px slide, one run, nothing written")
+    p.add_argument(
+        "--memory",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
+        help="instead: peak memory of the slide path on slides of these sizes (e.g. 10000 50000 100000)",
+    )
     args = p.parse_args(argv)
+    command = f"python experiments/bench_slide.py {' '.join(sys.argv[1:] if argv is None else argv)}"
+    if args.memory:
+        table = memory(args.memory)
+        write_block(
+            "bench-slide memory",
+            f"Made by `{command}`, {time.strftime('%Y-%m-%d')}; {platform.machine()}, "
+            f"{os.cpu_count()} CPU cores.\n\n{table}",
+        )
+        return 0
 
     import jax
 
@@ -161,23 +250,11 @@ def main(argv=None) -> int:
     if args.quick:
         print("(--quick: nothing written)")
         return 0
-    block = (
-        f"<!-- bench-slide {device.platform} -->\n"
-        f"Made by `python experiments/bench_slide.py {' '.join(argv or sys.argv[1:])}`, "
-        f"{time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"jax {jax.__version__}, {args.read_threads} reader threads.\n\n{header}\n{line}\n"
-        f"<!-- /bench-slide {device.platform} -->"
+    write_block(
+        f"bench-slide {device.platform}",
+        f"Made by `{command}`, {time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} CPU "
+        f"cores, jax {jax.__version__}, {args.read_threads} reader threads.\n\n{header}\n{line}",
     )
-    text = open(RESULTS).read() if os.path.exists(RESULTS) else "# Whole-slide inference\n"
-    pattern = re.compile(
-        rf"<!-- bench-slide {device.platform} -->.*?<!-- /bench-slide {device.platform} -->", re.S
-    )
-    text = (
-        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    )
-    with open(RESULTS, "w") as f:
-        f.write(text)
-    print(f"written to {RESULTS}")
     return 0
 
 

@@ -153,6 +153,8 @@ def run_cohort(
         raise ValueError(
             "--workers and --scheduler run on Dask: pip install 'maskrcnn-nuclei[cluster]'"
         ) from None
+    out_dir = os.path.abspath(out_dir)  # workers may run elsewhere: paths on the storage they all see
+    jobs = [(os.path.abspath(path), name) for path, name in jobs]
     cluster = None if scheduler else local_cluster(workers)
     worker_options = dataclasses.replace(options, progress=False)
     try:
