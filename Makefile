@@ -36,7 +36,7 @@ test-all: install
 	$(PY) -m pytest -q -m ''
 
 lint: install
-	$(VENV)/bin/ruff check maskrcnn tests data experiments
+	$(VENV)/bin/ruff check maskrcnn tests experiments
 
 # The main job on a generated synthetic sample (CPU, a few minutes): data, tfds build, train, evaluate.
 demo: install
@@ -44,7 +44,7 @@ demo: install
 
 # Build PanNuke (both configs, all splits) from the three folds downloaded by hand into MANUAL_DIR.
 data: install
-	$(VENV)/bin/tfds build data/pannuke --manual_dir $(MANUAL_DIR) --data_dir $(DATA_DIR) --file_format array_record
+	$(VENV)/bin/tfds build maskrcnn/datasets/pannuke --manual_dir $(MANUAL_DIR) --data_dir $(DATA_DIR) --file_format array_record
 
 TRAIN := $(VENV)/bin/maskrcnn train --config $(CONFIG) --data-dir $(DATA_DIR) --workdir $(WORKDIR) \
          $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(INIT),--init $(INIT)) $(ARGS)

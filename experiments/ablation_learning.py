@@ -94,7 +94,7 @@ def evaluate_row(work: str, name: str, run: str, overrides: list[str]) -> dict:
     from maskrcnn.config import apply_overrides
     from maskrcnn.diagnostics import proposal_recall
     from maskrcnn.inference import evaluate
-    from maskrcnn.train.loop import load_trained
+    from maskrcnn.train.workdir import load_trained
 
     workdir = os.path.join(work, run)
     config, model = load_trained(workdir)

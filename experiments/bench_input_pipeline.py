@@ -3,9 +3,9 @@
     make bench-input        # writes experiments/results/input_pipeline.md
 
 Two sources: ``synthetic`` (examples held decoded in memory: the pipeline's own work only) and ``tfds``
-(the array_record dataset built by ``data/pannuke`` from generated PanNuke-format folds and read through
-``tfds.data_source``: PNG and zlib decoding included, as in training). Shapes: the ``fast`` preset
-(256 px, 256 instance slots, 28x28 mini-masks, batch 4) and the ``paper`` preset (1024 px, 100 slots,
+(the array_record dataset built by ``maskrcnn/datasets/pannuke`` from generated PanNuke-format folds and
+read through ``tfds.data_source``: PNG and zlib decoding included, as in training). Shapes: the ``fast``
+preset (256 px, 256 instance slots, 28x28 mini-masks, batch 4) and the ``paper`` preset (1024 px, 100 slots,
 56x56 mini-masks). Each row pulls whole batches from ``make_train_iterator`` with 1 and with 2 worker
 threads, after one warm-up batch.
 """

@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     print(f"3/5 Training {config.name!r} on {config.data.train_split} from scratch")
     timing = os.path.join(workdir, "train_seconds.json")
     if os.path.exists(os.path.join(workdir, "model.weights.h5")) and os.path.exists(timing):
-        from maskrcnn.train.loop import load_trained
+        from maskrcnn.train.workdir import load_trained
 
         _, model = load_trained(workdir)
         model.set_inference_config(config.model)  # the config file's inference settings, if changed since

@@ -33,14 +33,7 @@ def measure(preset: str) -> dict:
     from maskrcnn import input_pipeline
     from maskrcnn.config import StageConfig, load_config
     from maskrcnn.model import build_model, detections_to_label_maps
-    from maskrcnn.train.step import (
-        decay_mask,
-        init_state,
-        learning_rate_schedule,
-        make_optimizer,
-        make_train_step,
-        trainable_mask,
-    )
+    from maskrcnn.train.step import prepare_stage
 
     config = load_config(preset)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, builder="synthetic"))
@@ -48,11 +41,7 @@ def measure(preset: str) -> dict:
     batch = next(input_pipeline.make_train_iterator(config, epoch=0))
     batch = {k: batch[k] for k in input_pipeline.MODEL_INPUTS}
     model = build_model(config.model, size, mini_masks=config.data.mini_mask_size is not None)
-    mask = trainable_mask(model, "all")
-    schedule = learning_rate_schedule(StageConfig("all", "all", 1, 1e-3), 1)
-    optimizer = make_optimizer(config.train, schedule, decay_mask(model))
-    state = init_state(model, optimizer, mask)
-    step = make_train_step(model, optimizer, mask, schedule)
+    _, _, _, state, step = prepare_stage(model, config.train, StageConfig("all", "all", 1, 1e-3), 1)
 
     def timed(fn, *args):
         start = time.perf_counter()

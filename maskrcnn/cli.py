@@ -70,7 +70,7 @@ def cmd_evaluate(args):
     from maskrcnn import evaluation
     from maskrcnn.config import apply_overrides
     from maskrcnn.inference import evaluate
-    from maskrcnn.train.loop import load_trained
+    from maskrcnn.train.workdir import load_trained
 
     config, model = load_trained(args.workdir)
     overrides = list(args.set or [])
@@ -157,7 +157,7 @@ def cmd_demo(args):
     )
     shutil.rmtree(root, ignore_errors=True)
     write_folds(manual, args.images_per_fold, seed=args.seed)
-    print(f"2/4 Building it with the tfds builder (data/pannuke) into {data_dir}")
+    print(f"2/4 Building it with the tfds builder (maskrcnn/datasets/pannuke) into {data_dir}")
     builder_class()(config="neoplastic", data_dir=data_dir).download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual)
     )
@@ -172,7 +172,8 @@ def cmd_demo(args):
     print(f"Demo done in {(time.time() - start) / 60:.1f} min on synthetic data: bPQ {metrics['bpq']:.3f}.")
     print(f"Report: {out_dir}/report.md; overlays: {out_dir}/overlays/; model: {workdir}/")
     print(
-        "Next, on real PanNuke with a GPU: download the three folds (see data/pannuke/README.md), then\n"
+        "Next, on real PanNuke with a GPU: download the three folds (see "
+        "maskrcnn/datasets/pannuke/README.md), then\n"
         "  make install JAX_EXTRA=cuda12\n  make data MANUAL_DIR=~/pannuke\n  make train CONFIG=fast\n"
         "  make evaluate CONFIG=fast"
     )

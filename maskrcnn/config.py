@@ -69,7 +69,9 @@ class DataConfig:
 class ModelConfig:
     """The network and its box/anchor hyper-parameters. Defaults follow Matterport's Mask R-CNN config."""
 
-    backbone: str = "resnet101"  # a key of maskrcnn.model.backbone.BACKBONES, or a name for backbone_blocks
+    # A key of maskrcnn.model.backbone.BACKBONES, a name for backbone_blocks, or "module:function" that
+    # builds a declared backbone from this ModelConfig (maskrcnn.model.backbone.build_backbone)
+    backbone: str = "resnet101"
     # Bottleneck blocks in ResNet stages 2-5, e.g. (3, 8, 36, 3) for a ResNet152; None: BACKBONES[backbone].
     # Kept in the run's config.json, so evaluate and predict rebuild the same network.
     backbone_blocks: tuple[int, ...] | None = None
@@ -128,7 +130,8 @@ class StageConfig:
     """One training stage: which layers train, for how long, and the linear learning-rate decay."""
 
     name: str
-    layers: str  # "heads", "3+", "4+", "5+" or "all"
+    # "heads", "all", or "N+": the heads and the backbone's trainable groups N and above (ResNet: 3+, 4+, 5+)
+    layers: str
     epochs: int
     learning_rate: float
 
@@ -216,7 +219,11 @@ def _type_problems(value, tp, where: str) -> list[str]:
     return []
 
 
-STAGE_LAYERS = ("heads", "3+", "4+", "5+", "all")
+STAGE_LAYERS = ("heads", "3+", "4+", "5+", "all")  # for a ResNet; "N+" for other declared groups
+
+
+def _stage_layers_ok(layers: str) -> bool:
+    return layers in ("heads", "all") or (layers.endswith("+") and layers[:-1].isdigit())
 
 
 def validate(config: Config) -> list[str]:
@@ -357,10 +364,10 @@ def validate(config: Config) -> list[str]:
     rule(len(t.stages) > 0, "train.stages", t.stages, "must hold at least one stage")
     for i, stage in enumerate(t.stages):
         rule(
-            stage.layers in STAGE_LAYERS,
+            _stage_layers_ok(stage.layers),
             f"train.stages[{i}].layers",
             stage.layers,
-            f"must be one of {STAGE_LAYERS}",
+            f"must be 'heads', 'all' or 'N+' (a ResNet: {', '.join(STAGE_LAYERS)})",
         )
         rule(stage.epochs >= 0, f"train.stages[{i}].epochs", stage.epochs, "must be at least 0")
         rule(

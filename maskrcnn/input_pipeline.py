@@ -157,8 +157,8 @@ def open_split(data: DataConfig, split: str):
         raise FileNotFoundError(
             f"could not open {name} split {split!r} in {where} ({type(error).__name__}: {error}). "
             "Build it once with `make data MANUAL_DIR=<folder with the PanNuke folds>` (that is `tfds build "
-            "data/pannuke --manual_dir <folder> --data_dir <data_dir>`), or set data.builder=synthetic to "
-            "try the pipeline on generated data."
+            "maskrcnn/datasets/pannuke --manual_dir <folder> --data_dir <data_dir>`), or set "
+            "data.builder=synthetic to try the pipeline on generated data."
         ) from error
     return _MergedClasses(source) if data.variant == "nuclei" else source
 

@@ -3,15 +3,14 @@
 PanNuke (Gamper et al. 2019, 2020) comes as three folds, each with ``images.npy`` float64 (N, 256, 256, 3)
 holding 0-255 values, ``masks.npy`` float64 (N, 256, 256, 6) whose channels 0-4 hold the instance ids of
 the classes neoplastic, inflammatory, connective, dead, epithelial (channel 5 is background) and
-``types.npy`` (N,) the tissue of each image. The tfds builder (``data/pannuke``) and the in-memory
-synthetic source both go through these functions, so they produce the same examples and splits.
+``types.npy`` (N,) the tissue of each image. The tfds builder (``maskrcnn/datasets/pannuke``) and the
+in-memory synthetic source both go through these functions, so they produce the same examples and splits.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import sys
 import threading
 from collections.abc import Sequence
 
@@ -152,17 +151,9 @@ def open_fold(paths: dict[str, str], opener=open, size: int | None = 256):
 
 
 def builder_class():
-    """The tfds builder class from the repository's ``data/pannuke`` (building needs a clone; reading the
-    built dataset does not)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isfile(os.path.join(root, "data", "pannuke", "pannuke_dataset_builder.py")):
-        raise FileNotFoundError(
-            f"the PanNuke builder (data/pannuke) is not next to the maskrcnn package in {root}; build the "
-            "dataset from a clone of the repository: `tfds build data/pannuke --manual_dir ...`"
-        )
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from data.pannuke import Builder
+    """The tfds builder class (:mod:`maskrcnn.datasets.pannuke`), imported on demand: the builder imports
+    this module, not the other way round."""
+    from maskrcnn.datasets.pannuke import Builder
 
     return Builder
 

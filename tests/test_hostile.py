@@ -77,7 +77,7 @@ def _tiny_run(tmp_path):
 
 
 def test_a_damaged_run_names_the_file_and_the_fix(tmp_path):
-    from maskrcnn.train.loop import load_trained
+    from maskrcnn.train.workdir import load_trained
 
     _, workdir = _tiny_run(tmp_path)
     weights = workdir / "model.weights.h5"
@@ -136,7 +136,8 @@ def _fake_run(workdir, config, steps=(2, 4)):
 
 
 def test_a_used_workdir_is_refused_without_resume_or_overwrite(tmp_path):
-    from maskrcnn.train.loop import open_workdir, train
+    from maskrcnn.train.loop import train
+    from maskrcnn.train.workdir import open_workdir
 
     config = load_config("tiny")
     workdir = str(tmp_path / "run")
@@ -157,7 +158,8 @@ def test_a_used_workdir_is_refused_without_resume_or_overwrite(tmp_path):
 
 def test_a_resume_with_another_config_is_refused_before_anything_is_written(tmp_path):
     from maskrcnn.config import StageConfig
-    from maskrcnn.train.loop import open_workdir, train
+    from maskrcnn.train.loop import train
+    from maskrcnn.train.workdir import open_workdir
 
     config = load_config("tiny")
     workdir = str(tmp_path / "run")
@@ -174,7 +176,7 @@ def test_a_resume_with_another_config_is_refused_before_anything_is_written(tmp_
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_readable_one(tmp_path, capsys):
-    from maskrcnn.train.loop import open_workdir
+    from maskrcnn.train.workdir import open_workdir
 
     config = load_config("tiny")
     workdir = str(tmp_path / "run")
@@ -255,7 +257,7 @@ def test_bad_fold_files_are_errors_that_name_the_file_and_image(tmp_path, edit, 
 def test_the_builder_refuses_a_bad_fold_and_builds_once_it_is_fixed(tmp_path):
     import tensorflow_datasets as tfds
 
-    from data.pannuke import Builder
+    from maskrcnn.datasets.pannuke import Builder
 
     root, paths = _corrupt_fold(
         tmp_path, lambda im, m: m.__setitem__((1, ..., slice(0, 5)), m[1, ..., :5] * 0.5)
@@ -295,7 +297,7 @@ class _Quiet:
 
 def test_the_monitor_calls_a_loss_spike_or_a_skipped_step_unhealthy():
     from maskrcnn.model import LOSS_NAMES
-    from maskrcnn.train.loop import Monitor
+    from maskrcnn.train.log import Monitor
 
     monitor = Monitor(_Quiet(), None, log_every=1000, max_nonfinite=10)
     monitor.start_epoch(0, 0, 1000, _Quiet())
@@ -325,7 +327,7 @@ def test_the_monitor_calls_a_loss_spike_or_a_skipped_step_unhealthy():
 
 def test_the_newest_healthy_checkpoint_is_kept_and_resumed_from(tmp_path, capsys):
     from maskrcnn.train import checkpoint
-    from maskrcnn.train.loop import open_workdir
+    from maskrcnn.train.workdir import open_workdir
 
     config = load_config("tiny")
     workdir = str(tmp_path / "run")
@@ -344,7 +346,8 @@ def test_the_newest_healthy_checkpoint_is_kept_and_resumed_from(tmp_path, capsys
 def test_a_divergence_names_the_last_healthy_checkpoint_and_resume_recovers_from_it(tmp_path):
     from maskrcnn.config import StageConfig
     from maskrcnn.train import checkpoint
-    from maskrcnn.train.loop import NonFiniteLossError, train
+    from maskrcnn.train.log import NonFiniteLossError
+    from maskrcnn.train.loop import train
 
     config = tiny_training_config(
         [StageConfig("a", "all", 1, 1e-2), StageConfig("b", "all", 10, 1e6)],

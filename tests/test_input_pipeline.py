@@ -268,16 +268,16 @@ def test_unknown_split_and_unbuilt_dataset_are_explained(tmp_path):
     with pytest.raises(ValueError, match="unknown split 'fold9'"):
         ip.open_split(config_for().data, "fold9")
     data = dataclasses.replace(load_config("tiny").data, data_dir=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="tfds build data/pannuke --manual_dir"):
+    with pytest.raises(FileNotFoundError, match="tfds build maskrcnn/datasets/pannuke --manual_dir"):
         ip.open_split(data, "fold1")
 
 
 def build_dummy_data(variant, data_dir):
-    """Builds the tfds builder's dummy_data folds (data/pannuke/dummy_data) into ``data_dir``."""
-    import data.pannuke
-    from data.pannuke import Builder
+    """Builds the tfds builder's dummy_data folds (maskrcnn/datasets/pannuke/dummy_data) into ``data_dir``."""
+    import maskrcnn.datasets.pannuke
+    from maskrcnn.datasets.pannuke import Builder
 
-    manual = os.path.join(data.pannuke.__path__[0], "dummy_data")
+    manual = os.path.join(maskrcnn.datasets.pannuke.__path__[0], "dummy_data")
     Builder(config=variant, data_dir=str(data_dir)).download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual)
     )

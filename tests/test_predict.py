@@ -132,7 +132,7 @@ def test_a_checkpoint_from_another_config_is_explained(tmp_path):
 
     from maskrcnn.config import load_config
     from maskrcnn.model import build_model
-    from maskrcnn.train.loop import CONFIG_FILE, WEIGHTS_FILE, load_trained
+    from maskrcnn.train.workdir import CONFIG_FILE, WEIGHTS_FILE, load_trained
 
     with pytest.raises(FileNotFoundError, match="is not a training run"):
         load_trained(str(tmp_path))

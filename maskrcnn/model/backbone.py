@@ -1,5 +1,24 @@
-"""ResNet v1 backbones (bottleneck blocks, batch norm) that return C2-C5.
+"""Backbones: the contract every backbone declares, and ResNet v1 (bottleneck blocks, batch norm).
 
+**The contract.** A backbone is any Keras model that maps normalised float images (B, H, W, 3) to a list of
+four feature maps, finest first (C2-C5 for a ResNet), and declares (:func:`declare`):
+
+- ``feature_strides``: the stride of each map in input pixels, each twice the one before (the FPN's
+  top-down pathway upsamples by 2), e.g. (4, 8, 16, 32). The ROI heads pool at these strides and the
+  model checks that ``model.anchor_strides`` starts with them.
+- ``trainable_groups``: optional, group number -> names of its layers, numbered from the input up
+  (a ResNet: 1 the stem, 2-5 its stages). The training stage ``"N+"`` trains the groups numbered N and
+  above and every layer outside the backbone; ``"heads"`` and ``"all"`` work for any backbone.
+
+:func:`from_layers` makes a backbone from inner layers of any Keras model (e.g. a ``keras.applications``
+network) and measures the strides itself. Nothing else in the project parses layer names.
+
+A config names its backbone (:func:`build_backbone`): a ResNet of :data:`BACKBONES` (or any name with
+``model.backbone_blocks``), or ``"module:function"``, a function of the ModelConfig that returns a declared
+backbone, imported when the model is built, so that ``maskrcnn evaluate`` and ``predict`` rebuild a run's
+own backbone from its ``config.json``.
+
+**ResNet.**
 Layer names and weight shapes are those of ``keras.applications.ResNet50/101`` (``conv1_conv``,
 ``conv2_block1_1_conv``, ``conv4_block23_3_bn`` ...), so ImageNet weights load by layer name
 (:func:`load_keras_applications_weights`). A variant is a table entry: blocks per stage and the stem width.
@@ -19,6 +38,9 @@ Everything else (bottlenecks with the stride on the first 1x1 convolution, biase
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping, Sequence
+
 import keras
 from keras import layers
 
@@ -31,6 +53,108 @@ BACKBONES: dict[str, tuple[int, int, int, int]] = {
 
 # Batch-norm epsilon of each style: keras.applications' ResNet, and Keras' default in Matterport's.
 BN_EPSILON = {"keras": 1.001e-5, "matterport": 1e-3}
+
+
+def declare(
+    model: keras.Model,
+    *,
+    strides: Sequence[int],
+    groups: Mapping[int, Sequence[str]] | None = None,
+) -> keras.Model:
+    """Attaches the backbone contract (see the module docstring) to ``model`` and returns it.
+
+    Args:
+      strides: one per output feature map, finest first, each twice the previous (4, 8, 16, 32).
+      groups: trainable group number -> names of layers of ``model``, numbered from the input up; None for
+        a backbone that trains only as a whole (training stages ``heads`` and ``all``).
+    """
+    strides = tuple(int(s) for s in strides)
+    outputs = len(model.outputs) if getattr(model, "outputs", None) is not None else len(strides)
+    if len(strides) != 4 or outputs != 4:
+        raise ValueError(
+            f"backbone {model.name} must return four feature maps, finest first, with one stride each; got "
+            f"{outputs} maps and strides {strides}"
+        )
+    if strides[0] < 1 or any(b != 2 * a for a, b in zip(strides, strides[1:], strict=False)):
+        raise ValueError(
+            f"backbone {model.name}: each feature map's stride must be twice the previous one's (the FPN "
+            f"upsamples by 2), got strides {strides}"
+        )
+    named = {layer.name for layer in model.layers}
+    groups = {int(g): tuple(names) for g, names in (groups or {}).items()}
+    unknown = sorted(n for names in groups.values() for n in names if n not in named)
+    if unknown:
+        raise ValueError(f"backbone {model.name} has no layers {unknown[:5]} named in its trainable groups")
+    model.feature_strides = strides
+    model.trainable_groups = groups
+    return model
+
+
+def feature_strides(backbone: keras.Model) -> tuple[int, ...]:
+    """The strides ``backbone`` declares (see :func:`declare`)."""
+    strides = getattr(backbone, "feature_strides", None)
+    if strides is None:
+        raise ValueError(
+            f"backbone {backbone.name} does not declare its feature strides: build it with "
+            "maskrcnn.model.backbone.from_layers(model, layer_names), or call "
+            "maskrcnn.model.backbone.declare(model, strides=(4, 8, 16, 32))"
+        )
+    return tuple(strides)
+
+
+def trainable_groups(backbone: keras.Model) -> dict[int, tuple[str, ...]]:
+    """The trainable groups ``backbone`` declares (empty: it trains only as a whole)."""
+    return dict(getattr(backbone, "trainable_groups", None) or {})
+
+
+def from_layers(
+    base: keras.Model,
+    layer_names: Sequence[str],
+    *,
+    groups: Mapping[int, Sequence[str]] | None = None,
+    name: str | None = None,
+    probe_size: int = 256,
+) -> keras.Model:
+    """A backbone returning the outputs of ``layer_names`` (finest first) of ``base``, any Keras model.
+
+    The strides are measured by tracing ``base`` on a ``probe_size`` square input (or ``base``'s own
+    input size when it is fixed). Example, a MobileNetV2 (random weights) as a Mask R-CNN backbone::
+
+        base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(None, None, 3))
+        backbone = from_layers(base, ["block_2_add", "block_5_add", "block_12_add", "out_relu"])
+    """
+    outputs = [base.get_layer(n).output for n in layer_names]
+    model = keras.Model(base.inputs, outputs, name=name or f"{base.name}_features")
+    height, width = (base.inputs[0].shape[1:3] if base.inputs[0].shape[1] else (probe_size, probe_size))
+    specs = model.compute_output_spec(keras.KerasTensor((1, height, width, base.inputs[0].shape[-1])))
+    strides = []
+    for layer, spec in zip(layer_names, specs, strict=True):
+        if height % spec.shape[1]:
+            raise ValueError(f"layer {layer!r} of {base.name}: {height} px input gives {spec.shape[1]} rows")
+        strides.append(height // spec.shape[1])
+    return declare(model, strides=strides, groups=groups)
+
+
+def build_backbone(config) -> keras.Model:
+    """The backbone a ModelConfig names: ``"module:function"`` (called with ``config``) or a ResNet."""
+    if ":" in config.backbone:
+        module, _, attr = config.backbone.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(
+                f"model.backbone={config.backbone!r}: cannot import {attr} from {module} ({error}); the "
+                "module must be importable (installed, or on PYTHONPATH) wherever the model is built"
+            ) from None
+        backbone = factory(config)
+        feature_strides(backbone)  # a factory must return a declared backbone
+        return backbone
+    return build_resnet(
+        config.backbone,
+        width=config.backbone_width,
+        style=config.backbone_style,
+        blocks=config.backbone_blocks,
+    )
 
 
 def _bottleneck(x, filters, *, stride, shortcut_conv, name, bn_epsilon):
@@ -72,7 +196,8 @@ def build_resnet(
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping float images (B, H, W, 3), already normalised,
-      to ``[C2, C3, C4, C5]`` with strides 4, 8, 16, 32 and ``4 * width * (1, 2, 4, 8)`` channels.
+      to ``[C2, C3, C4, C5]`` with strides 4, 8, 16, 32 and ``4 * width * (1, 2, 4, 8)`` channels; its
+      trainable groups (:func:`declare`) are 1 (the stem, ``conv1_*``) and 2-5 (``conv2_*`` .. ``conv5_*``).
     """
     if blocks is None and name not in BACKBONES:
         raise ValueError(
@@ -108,17 +233,12 @@ def build_resnet(
                 bn_epsilon=bn_epsilon,
             )
         outputs.append(x)
-    return keras.Model(inputs, outputs, name=name)
-
-
-def stage_of_layer(layer_name: str) -> int:
-    """The ResNet stage (1 for the stem, 2-5 for conv2..conv5) a backbone layer belongs to."""
-    head = layer_name.split("_", 1)[0]
-    if head in ("conv1", "pool1"):
-        return 1
-    if head.startswith("conv") and head[4:].isdigit():
-        return int(head[4:])
-    raise ValueError(f"{layer_name!r} is not a ResNet backbone layer name")
+    model = keras.Model(inputs, outputs, name=name)
+    groups: dict[int, list[str]] = {}
+    for layer in model.layers[1:]:  # the names given above: conv1_* / pool1_* the stem, convN_* stage N
+        head = layer.name.split("_", 1)[0]
+        groups.setdefault(1 if head in ("conv1", "pool1") else int(head[4:]), []).append(layer.name)
+    return declare(model, strides=(4, 8, 16, 32), groups=groups)
 
 
 def load_keras_applications_weights(backbone: keras.Model, source: keras.Model) -> int:

@@ -12,12 +12,11 @@ import numpy as np
 
 from maskrcnn import losses, postprocess, targets
 from maskrcnn.config import ModelConfig
-from maskrcnn.model.backbone import build_resnet
+from maskrcnn.model.backbone import build_backbone, feature_strides
 from maskrcnn.model.fpn import FPN
 from maskrcnn.model.heads import BoxHead, MaskHead, RPNHead
 from maskrcnn.ops import anchors_per_level, generate_anchors, multilevel_roi_align
 
-ROI_STRIDES = (4, 8, 16, 32)  # the ROI heads pool from P2-P5 (P6 only feeds the RPN), as in the FPN paper
 LOSS_NAMES = ("rpn_class", "rpn_box", "class", "box", "mask")
 # Config fields that only steer inference: a trained model can be evaluated with other values.
 INFERENCE_FIELDS = (
@@ -37,7 +36,8 @@ class MaskRCNN(keras.Model):
     """Mask R-CNN with a ResNet-FPN backbone.
 
     Call ``model(images)`` for detections, or ``model(images, targets, key=key, training=True)`` for the
-    five training losses. ``images`` are uint8 or float (B, S, S, 3) RGB in 0..255, S a multiple of 64.
+    five training losses. ``images`` are uint8 or float (B, S, S, 3) RGB in 0..255, S a multiple of the
+    coarsest anchor stride (64 for P6).
     ``targets`` is a batch of the input pipeline (``boxes``, ``classes``, ``masks``, ``valid``).
 
     Parts are constructor arguments built from ``config`` when not given, so a researcher can swap one
@@ -59,12 +59,7 @@ class MaskRCNN(keras.Model):
         super().__init__(**kwargs)
         self.config = config
         self.mini_masks = mini_masks
-        self.backbone = backbone or build_resnet(
-            config.backbone,
-            width=config.backbone_width,
-            style=config.backbone_style,
-            blocks=config.backbone_blocks,
-        )
+        self.backbone = backbone or build_backbone(config)
         self.fpn = fpn or FPN(config.fpn_channels, name="fpn")
         self.rpn_head = rpn_head or RPNHead(
             len(config.anchor_ratios) * len(config.anchor_octaves), name="rpn"
@@ -121,7 +116,7 @@ class MaskRCNN(keras.Model):
             pyramid,
             boxes,
             output_size,
-            strides=ROI_STRIDES,
+            strides=self.feature_strides,  # P2-P5 (P6 only feeds the RPN), as in the FPN paper
             canonical_size=self.config.roi_canonical_size,
             sampling_ratio=2,
         )
@@ -281,12 +276,12 @@ class MaskRCNN(keras.Model):
     def anchor_assignment(self, size: tuple[int, int]) -> dict:
         return anchor_assignment(self.config, size)
 
-    @staticmethod
-    def _image_size(images) -> tuple[int, int]:
+    def _image_size(self, images) -> tuple[int, int]:
         height, width = int(images.shape[1]), int(images.shape[2])
-        if height % 64 or width % 64:
+        coarsest = max(self.config.anchor_strides)
+        if height % coarsest or width % coarsest:
             raise ValueError(
-                f"image size {height}x{width} is not a multiple of 64 (the FPN's coarsest stride); "
+                f"image size {height}x{width} is not a multiple of {coarsest} (the FPN's coarsest stride); "
                 "resize or pad the images (data.image_size)"
             )
         return height, width
@@ -295,6 +290,7 @@ class MaskRCNN(keras.Model):
         """Creates every variable by tracing the parts on symbolic inputs of ``input_shape``."""
         height, width = input_shape[1], input_shape[2]
         images = keras.KerasTensor((None, height, width, 3))
+        self.feature_strides = self._check_backbone()
         self.backbone.build(images.shape)
         pyramid = self.fpn(self.backbone(images))
         self.rpn_head(pyramid)
@@ -304,6 +300,19 @@ class MaskRCNN(keras.Model):
         masks = self.mask_head(keras.KerasTensor((None, 1, mask_pool, mask_pool, channels)))
         self._check_heads(logits.shape, deltas.shape, masks.shape)
         self.built = True
+
+    def _check_backbone(self) -> tuple[int, ...]:
+        """The backbone's declared strides (:mod:`maskrcnn.model.backbone`), which the anchors must use:
+        ``model.anchor_strides`` is the backbone's four, then one level twice the coarsest (P6)."""
+        strides = feature_strides(self.backbone)
+        expected = (*strides, 2 * strides[-1])
+        if tuple(self.config.anchor_strides) != expected:
+            raise ValueError(
+                f"backbone {self.backbone.name} returns feature maps at strides {strides}, so the FPN levels "
+                f"P2-P6 have strides {expected}, but model.anchor_strides={self.config.anchor_strides}: set "
+                f"model.anchor_strides={expected} (and one anchor scale per level)"
+            )
+        return strides
 
     def _check_heads(self, logits, deltas, masks):
         """Refuses heads whose outputs do not fit ``config.num_classes`` (K): class logits (B, R, K+1),

@@ -55,7 +55,7 @@ def load_tile_model(workdir: str) -> TileModel:
     """The model trained in ``workdir`` as a :class:`TileModel`, loaded once per process (a cluster
     worker keeps its compiled model for every slide it is given)."""
     from maskrcnn.predict import make_tile_predictor
-    from maskrcnn.train.loop import load_trained
+    from maskrcnn.train.workdir import load_trained
 
     config, model = load_trained(workdir)
     mpp = getattr(config.data, "mpp", None) or PANNUKE_MPP

@@ -8,6 +8,7 @@ the state unchanged and says so in its metrics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -18,11 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from maskrcnn.config import StageConfig, TrainConfig
-from maskrcnn.model.backbone import stage_of_layer
-
-# Which backbone stages train in each stage setting (Matterport's `layers` argument of `train`):
-# "heads" trains none of the backbone, "3+" ResNet stages 3-5, ..., "all" every layer.
-FIRST_TRAINED_STAGE = {"heads": 99, "5+": 5, "4+": 4, "3+": 3, "all": 0}
+from maskrcnn.model.backbone import trainable_groups
 
 
 def learning_rate_schedule(
@@ -44,15 +41,43 @@ def learning_rate_schedule(
 
 
 def trainable_mask(model: keras.Model, layers: str) -> list[bool]:
-    """Which of ``model.trainable_variables`` a stage trains (``heads``, ``3+``, ``4+``, ``5+``, ``all``)."""
-    if layers not in FIRST_TRAINED_STAGE:
-        raise ValueError(f"stage layers {layers!r} unknown; expected one of {list(FIRST_TRAINED_STAGE)}")
-    first = FIRST_TRAINED_STAGE[layers]
-    backbone_stage = {}
-    for layer in model.backbone.layers:
-        for v in layer.weights:
-            backbone_stage[id(v)] = stage_of_layer(layer.name)
-    return [backbone_stage.get(id(v), 100) >= first for v in model.trainable_variables]
+    """Which of ``model.trainable_variables`` a stage trains (Matterport's ``layers`` argument).
+
+    ``"heads"``: everything but the backbone; ``"all"``: everything; ``"N+"`` (``3+``, ``4+``, ``5+`` for a
+    ResNet): the heads and the backbone's trainable groups numbered N and above, as the backbone declares
+    them (:func:`maskrcnn.model.backbone.declare`). Backbone layers outside every group train only in
+    ``"all"``.
+    """
+    backbone = {id(v) for v in model.backbone.weights}
+    if layers == "all":
+        return [True] * len(model.trainable_variables)
+    if layers == "heads":
+        first = None
+    elif layers.endswith("+") and layers[:-1].isdigit():
+        first, groups = int(layers[:-1]), trainable_groups(model.backbone)
+        if not groups:
+            raise ValueError(
+                f"stage layers {layers!r} need a backbone that declares trainable groups; "
+                f"{model.backbone.name} declares none, so train it with 'heads' or 'all' "
+                "(or declare groups: maskrcnn.model.backbone.declare)"
+            )
+        if first not in groups:
+            raise ValueError(
+                f"stage layers {layers!r}: backbone {model.backbone.name} has no group {first}; "
+                f"its groups are {sorted(groups)} (use 'heads', 'all' or 'N+' for one of them)"
+            )
+    else:
+        raise ValueError(f"stage layers {layers!r} unknown; expected 'heads', 'all' or 'N+' (e.g. '3+')")
+    group_of = {}
+    if first is not None:
+        for group, names in trainable_groups(model.backbone).items():
+            for name in names:
+                for v in model.backbone.get_layer(name).weights:
+                    group_of[id(v)] = group
+    return [
+        id(v) not in backbone or (first is not None and group_of.get(id(v), -1) >= first)
+        for v in model.trainable_variables
+    ]
 
 
 def decay_mask(model: keras.Model) -> list[bool]:
@@ -151,6 +176,32 @@ def make_train_step(model: keras.Model, optimizer: optax.GradientTransformation,
         return new_state, metrics
 
     return jax.jit(step, donate_argnums=(0,))
+
+
+class Stage(NamedTuple):
+    """What one training stage runs (:func:`prepare_stage`)."""
+
+    mask: list[bool]  # which of model.trainable_variables it trains
+    schedule: Callable  # step -> learning rate
+    optimizer: optax.GradientTransformation
+    state: TrainState  # the starting state, copies of the model's variables
+    step: Callable  # the jitted (state, batch, key) -> (state, metrics)
+
+
+def prepare_stage(model: keras.Model, train: TrainConfig, stage: StageConfig, steps_per_epoch: int) -> Stage:
+    """The trainable mask, learning-rate schedule, optimizer, initial state and jitted step of ``stage``.
+
+    Weight decay (:func:`decay_mask`) reaches only the variables the stage trains: frozen ones are neither
+    differentiated nor decayed.
+    """
+    schedule = learning_rate_schedule(
+        stage, steps_per_epoch, power=train.lr_power, per_step=train.lr_per_step
+    )
+    mask = trainable_mask(model, stage.layers)
+    decay = [d for d, trained in zip(decay_mask(model), mask, strict=True) if trained]
+    optimizer = make_optimizer(train, schedule, decay)
+    state = init_state(model, optimizer, mask)
+    return Stage(mask, schedule, optimizer, state, make_train_step(model, optimizer, mask, schedule))
 
 
 def data_mesh(devices=None) -> Mesh:

@@ -143,7 +143,7 @@ def test_disagreeing_files_and_unknown_tissues_are_named(tmp_path):
 def test_a_failed_build_leaves_no_dataset(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    from data.pannuke import Builder
+    from maskrcnn.datasets.pannuke import Builder
 
     write_folds(str(tmp_path / "manual"), 2, seed=2)
     calls = []
@@ -171,7 +171,7 @@ def test_a_failed_build_leaves_no_dataset(tmp_path, monkeypatch):
 def test_missing_fold_fails_the_build_with_its_name(tmp_path):
     import tensorflow_datasets as tfds
 
-    from data.pannuke import Builder
+    from maskrcnn.datasets.pannuke import Builder
 
     write_folds(str(tmp_path / "manual"), 1, seed=2)
     os.rename(tmp_path / "manual" / "Fold 3", tmp_path / "manual" / "other")
@@ -182,3 +182,27 @@ def test_missing_fold_fails_the_build_with_its_name(tmp_path):
         Builder(config="neoplastic", data_dir=str(tmp_path / "tfds")).download_and_prepare(
             download_config=config
         )
+
+
+def test_the_library_never_imports_the_builder_and_touches_no_sys_path():
+    # The builder imports the library, not the other way round: importing every library module loads no
+    # builder module and leaves sys.path alone; the builder is imported only when a build asks for it.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pathlib, importlib; before = list(sys.path)\n"
+        "import maskrcnn\n"
+        "root = pathlib.Path(maskrcnn.__file__).parent\n"
+        "for f in sorted(root.rglob('*.py')):\n"
+        "    parts = f.relative_to(root.parent).with_suffix('').parts\n"
+        "    if parts[:2] != ('maskrcnn', 'datasets') or len(parts) == 2:\n"
+        "        importlib.import_module('.'.join(p for p in parts if p != '__init__'))\n"
+        "bad = [m for m in sys.modules if m.startswith(('maskrcnn.datasets.', 'data.')) or m == 'data']\n"
+        "assert not bad, bad\n"
+        "assert sys.path == before\n"
+        "from maskrcnn.pannuke import builder_class\n"
+        "assert builder_class().name == 'pannuke' and sys.path == before\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from maskrcnn.config import load_config
+from maskrcnn.config import StageConfig, load_config
 from maskrcnn.model import (
     LOSS_NAMES,
     MaskRCNN,
@@ -125,6 +125,7 @@ def test_gradient_reaches_every_trainable_variable(tiny):
     assert not dead, f"no gradient reaches {dead}"
 
 
+@pytest.mark.slow  # a full compile of its own; the math is unit-tested elsewhere
 def test_empty_ground_truth_gives_finite_losses(tiny):
     config, model = tiny
     batch, _ = tiny_batch(config)
@@ -172,29 +173,19 @@ def test_image_size_must_be_a_multiple_of_64(tiny):
 def test_tiny_model_fits_a_handful_of_images():
     """A tiny model trained for a few hundred steps on four images segments them with PQ > 0.8."""
     from maskrcnn.evaluation import panoptic_quality
-    from maskrcnn.train.step import (
-        decay_mask,
-        init_state,
-        learning_rate_schedule,
-        make_optimizer,
-        make_train_step,
-        trainable_mask,
-        write_state,
-    )
+    from maskrcnn.train.step import prepare_stage, write_state
 
     config = load_config("tiny")
     config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, detection_min_confidence=0.5)
+        config,
+        model=dataclasses.replace(config.model, detection_min_confidence=0.5),
+        train=dataclasses.replace(config.train, lr_per_step=True),
     )
     model = build_model(config.model, config.data.image_size)
     batch, labels = tiny_batch(config, counts=(6, 4, 8, 5), seed=7)
     steps = 300
-    stage = dataclasses.replace(config.train.stages[0], epochs=1, learning_rate=0.02)
-    schedule = learning_rate_schedule(stage, steps, per_step=True)
-    optimizer = make_optimizer(config.train, schedule, decay_mask(model))
-    mask = trainable_mask(model, "all")
-    state = init_state(model, optimizer, mask)
-    step = make_train_step(model, optimizer, mask, schedule)
+    stage = StageConfig("all", "all", epochs=1, learning_rate=0.02)
+    mask, _, _, state, step = prepare_stage(model, config.train, stage, steps)
     key = jax.random.PRNGKey(0)
     history = []
     for i in range(steps):

@@ -9,6 +9,7 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 
 CONFIG = textwrap.dedent(
     """
@@ -41,6 +42,7 @@ def weights(path):
     return dict(out)
 
 
+@pytest.mark.slow  # two training processes and a resume: about two minutes on 2 cores
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     config = tmp_path / "resume_config.py"
     config.write_text(CONFIG)

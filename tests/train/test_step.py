@@ -12,15 +12,7 @@ import pytest
 
 from maskrcnn.config import StageConfig, load_config
 from maskrcnn.model import LOSS_NAMES, build_model
-from maskrcnn.model.backbone import stage_of_layer
-from maskrcnn.train.step import (
-    decay_mask,
-    init_state,
-    learning_rate_schedule,
-    make_optimizer,
-    make_train_step,
-    trainable_mask,
-)
+from maskrcnn.train.step import decay_mask, learning_rate_schedule, prepare_stage, trainable_mask
 from tests.model.helpers import batch_from_labels, make_instances
 
 SIZE = 64
@@ -39,13 +31,8 @@ def tiny_batch(config, seed=0, count=3):
 
 def setup(config, layers):
     model = build_model(config.model, SIZE)
-    stage = StageConfig("s", layers, 2, 0.01)
-    schedule = learning_rate_schedule(stage, 10)
-    mask = trainable_mask(model, layers)
-    optimizer = make_optimizer(
-        config.train, schedule, [d for d, m in zip(decay_mask(model), mask, strict=True) if m]
-    )
-    return model, mask, init_state(model, optimizer, mask), make_train_step(model, optimizer, mask, schedule)
+    stage = prepare_stage(model, config.train, StageConfig("s", layers, 2, 0.01), 10)
+    return model, stage.mask, stage.state, stage.step
 
 
 def test_schedule_follows_eq1_per_epoch_and_per_step():
@@ -66,10 +53,12 @@ def test_schedule_follows_eq1_per_epoch_and_per_step():
 
 def test_each_stage_trains_the_documented_variables():
     model = build_model(tiny_config().model, SIZE)
-    stage_of = {}
+    stage_of = {}  # ResNet stage from keras.applications' layer names: conv1_* / pool1_* 1, convN_* N
     for layer in model.backbone.layers:
         for v in layer.weights:
-            stage_of[id(v)] = stage_of_layer(layer.name)
+            head = layer.name.split("_")[0]
+            stage_of[id(v)] = 1 if head in ("conv1", "pool1") else int(head[4:])
+    assert sorted(model.backbone.trainable_groups) == [1, 2, 3, 4, 5]
     variables = model.trainable_variables
     backbone = [id(v) in stage_of for v in variables]
     assert any(backbone) and not all(backbone)
@@ -79,8 +68,10 @@ def test_each_stage_trains_the_documented_variables():
     four = trainable_mask(model, "4+")
     for v, m, b in zip(variables, four, backbone, strict=True):
         assert m == (not b or stage_of[id(v)] >= 4), v.path
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match=r"no group 6; its groups are \[1, 2, 3, 4, 5\]"):
         trainable_mask(model, "6+")
+    with pytest.raises(ValueError, match="unknown"):
+        trainable_mask(model, "backbone")
 
 
 def test_weight_decay_skips_biases_and_batch_norm():
@@ -88,6 +79,21 @@ def test_weight_decay_skips_biases_and_batch_norm():
     for v, decays in zip(model.trainable_variables, decay_mask(model), strict=True):
         is_kernel = v.path.endswith("kernel")
         assert decays == is_kernel, v.path
+
+
+def test_a_stage_decays_only_the_variables_it_trains():
+    # With weight decay alone (learning rate 1, no gradient), one optimizer update is -wd * w on exactly
+    # the trained kernels: a frozen backbone kernel is neither updated nor decayed.
+    config = tiny_config()
+    model = build_model(config.model, SIZE)
+    stage = prepare_stage(model, config.train, StageConfig("s", "4+", 1, 1.0), 1)
+    trained = [v for v, m in zip(model.trainable_variables, stage.mask, strict=True) if m]
+    zeros = [jnp.zeros_like(t) for t in stage.state.trained]
+    updates, _ = stage.optimizer.update(zeros, stage.optimizer.init(stage.state.trained), stage.state.trained)
+    assert len(updates) == len(trained) < len(model.trainable_variables)
+    for v, value, update in zip(trained, stage.state.trained, updates, strict=True):
+        expected = -config.train.weight_decay * value if v.path.endswith("kernel") else 0 * value
+        np.testing.assert_allclose(update, expected, rtol=1e-6, atol=1e-12, err_msg=v.path)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +139,7 @@ def test_step_is_deterministic(heads_run):
         assert float(m1[k]) == float(m2[k])
 
 
+@pytest.mark.slow  # a full compile of its own; the math is unit-tested elsewhere
 def test_bf16_mixed_precision_keeps_losses_float32():
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")

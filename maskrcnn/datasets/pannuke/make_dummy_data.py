@@ -1,7 +1,7 @@
 """Regenerates ``dummy_data/``: three tiny synthetic folds in PanNuke's format, zipped under three of
 the names the downloads have (``fold_1.zip``, ``Fold 2.zip``, ``fold3.zip``).
 
-    python data/pannuke/make_dummy_data.py
+    python maskrcnn/datasets/pannuke/make_dummy_data.py
 """
 
 import glob

@@ -1,6 +1,6 @@
 """PanNuke (Gamper et al. 2019, 2020): H&E patches of 19 tissues with five classes of nuclei.
 
-    tfds build data/pannuke --manual_dir ~/pannuke --file_format array_record   # or: make data
+    tfds build maskrcnn/datasets/pannuke --manual_dir ~/pannuke --file_format array_record   # or: make data
 
 Configs: ``neoplastic`` (the seed paper's data: images holding at least one neoplastic nucleus, only
 the neoplastic nuclei) and ``all_classes`` (every image, all five classes). Splits: ``fold1``-``fold3``
@@ -48,8 +48,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         ~/pannuke/fold_1.zip  ~/pannuke/fold_2.zip  ~/pannuke/fold_3.zip
     or  ~/pannuke/Fold 1/images/fold1/images.npy, .../types.npy, ~/pannuke/Fold 1/masks/fold1/masks.npy, ...
 
-    then run `tfds build data/pannuke --manual_dir ~/pannuke --file_format array_record` (or `make data
-    MANUAL_DIR=~/pannuke`). Each fold needs images.npy, masks.npy and types.npy anywhere inside it.
+    then run `tfds build maskrcnn/datasets/pannuke --manual_dir ~/pannuke --file_format array_record` (or
+    `make data MANUAL_DIR=~/pannuke`). Each fold needs images.npy, masks.npy and types.npy anywhere inside it.
     """
 
     def __init__(self, *, file_format=None, **kwargs):

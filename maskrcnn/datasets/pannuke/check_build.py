@@ -1,6 +1,6 @@
 """Checks a built PanNuke against the fold files it came from: every example, every nucleus.
 
-    python data/pannuke/check_build.py --manual_dir ~/pannuke --data_dir ~/tensorflow_datasets
+    python maskrcnn/datasets/pannuke/check_build.py --manual_dir ~/pannuke --data_dir ~/tensorflow_datasets
 
 For each config and fold split it reads the built examples through ``tfds.data_source`` (array_record)
 and compares them with the source arrays read straight from ``masks.npy`` / ``images.npy``: the image,

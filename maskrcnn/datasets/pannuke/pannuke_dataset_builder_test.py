@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data.pannuke import pannuke_dataset_builder
+from maskrcnn.datasets.pannuke import pannuke_dataset_builder
 
 
 class _Tfrecord:
