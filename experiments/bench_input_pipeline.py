@@ -32,7 +32,7 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results", "input_pipeline.md"
 
 def throughput(config, batches: int, workers: int) -> float:
     """Examples per second over ``batches`` training batches (one more before the clock starts)."""
-    ip._workers = lambda: workers  # noqa: SLF001 - the bench varies the pool size
+    ip.loader._workers = lambda: workers  # noqa: SLF001 - the bench varies the pool size
     pulled, epoch, start = 0, 0, None
     while pulled <= batches:
         for batch in ip.make_train_iterator(config, epoch=epoch):

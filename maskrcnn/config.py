@@ -17,8 +17,7 @@ import types
 import typing
 from collections.abc import Iterable
 
-# The five PanNuke nucleus classes, in the channel order of PanNuke's masks.npy (channel 5 is background).
-PANNUKE_CLASSES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
+from maskrcnn import pannuke
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +33,8 @@ class DataConfig:
     val_split: str = "paper_validation"
     test_split: str = "paper_test"
     image_size: int = 256  # side of the square image the model sees; PanNuke patches are 256 px
+    # Microns per pixel of the training images (PanNuke: 40x, about 0.25 um/px): slides are resampled to it
+    mpp: float = 0.25
     max_instances: int = 256  # ground-truth slots per image; more are counted and reported, not hidden
     mini_mask_size: int | None = 56  # instance masks stored cropped to their box at this size; None: full
     synthetic_images_per_fold: int = 24  # builder="synthetic": in-memory generated folds of this size
@@ -49,15 +50,7 @@ class DataConfig:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        if self.variant == "neoplastic":
-            return PANNUKE_CLASSES[:1]
-        if self.variant == "all_classes":
-            return PANNUKE_CLASSES
-        if self.variant == "nuclei":
-            return ("nucleus",)
-        raise ValueError(
-            f"data.variant must be 'neoplastic', 'all_classes' or 'nuclei', got {self.variant!r}"
-        )
+        return pannuke.variant_of(self.variant).class_names
 
     @property
     def num_classes(self) -> int:
@@ -256,12 +249,13 @@ def validate(config: Config) -> list[str]:
     def positive(field, value):
         rule(value >= 1, field, value, "must be at least 1")
 
+    rule(d.mpp > 0, "data.mpp", d.mpp, "must be positive (microns per pixel of the training images)")
     rule(d.builder in ("pannuke", "synthetic"), "data.builder", d.builder, "must be 'pannuke' or 'synthetic'")
     rule(
-        d.variant in ("neoplastic", "all_classes", "nuclei"),
+        d.variant in pannuke.VARIANTS,
         "data.variant",
         d.variant,
-        "must be 'neoplastic', 'all_classes' or 'nuclei'",
+        f"must be one of {', '.join(map(repr, pannuke.VARIANTS))}",
     )
     rule(
         d.image_size > 0 and d.image_size % 64 == 0,

@@ -94,9 +94,8 @@ def evaluate(
     bar.close()
     true_masks = pannuke.pannuke_masks(np.stack(true_inst), np.stack(true_cls))
     pred_masks = pannuke.pannuke_masks(np.stack(pred_inst), np.stack(pred_cls))
-    # Only the config's classes take part: a neoplastic model is scored on neoplastic nuclei (binary PQ).
-    # The "nuclei" variant's one class sits in channel 0 of both the true and the predicted masks.
-    classes = config.data.class_names if config.data.variant != "nuclei" else pannuke.PANNUKE_CLASSES[:1]
+    # Only the variant's classes take part: a neoplastic model is scored on neoplastic nuclei (binary PQ).
+    classes = pannuke.variant_of(config.data.variant).scored_classes
     metrics = evaluation.pannuke_metrics(true_masks, pred_masks, tissues, classes=classes)
     metrics["aji"] = mean_aji(true_inst, pred_inst)
     metrics["map50"] = evaluation.mean_average_precision(ap_inputs, 0.5)

@@ -9,6 +9,7 @@ in-memory synthetic source both go through these functions, so they produce the 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import threading
@@ -16,17 +17,49 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskrcnn.config import PANNUKE_CLASSES
-from maskrcnn.evaluation.pannuke import PANNUKE_TISSUES
-
+# The five nucleus classes, in the channel order of masks.npy (channel 5 is background).
+PANNUKE_CLASSES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
+# The 19 tissues, in the order of the tfds dataset's ClassLabel.
+PANNUKE_TISSUES = (
+    "Adrenal_gland", "Bile-duct", "Bladder", "Breast", "Cervix", "Colon", "Esophagus", "HeadNeck", "Kidney",
+    "Liver", "Lung", "Ovarian", "Pancreatic", "Prostate", "Skin", "Stomach", "Testis", "Thyroid", "Uterus",
+)  # fmt: skip
 FOLDS = (1, 2, 3)
 FILES = ("images.npy", "masks.npy", "types.npy")
 # The seed paper's test set size; drawn without replacement here (its code drew with replacement).
 PAPER_TEST_IMAGES = 490
 PAPER_SPLIT_SEED = 20240607  # fixed, so that everyone gets the same leak-free paper_* splits
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What a data variant reads from PanNuke, what the model learns and what it is scored on."""
+
+    dataset: str  # the tfds builder config that holds its images
+    channels: int  # the first `channels` class channels of masks.npy are read
+    merged: bool  # every nucleus read becomes one class
+    all_images: bool  # False: only the images holding a nucleus of its channels
+    class_names: tuple[str, ...]  # the model's classes 1..K
+    # The PanNuke classes (channels of the (H, W, 6) masks) the variant is scored on: a merged variant's
+    # one class sits in channel 0 of both the true and the predicted masks.
+    scored_classes: tuple[str, ...]
+
+
 # The tfds dataset has the first two as configs; "nuclei" (every nucleus as one class, for a binary
-# detector) reads the all_classes dataset and merges the classes as it loads (see dataset_config).
-VARIANTS = ("neoplastic", "all_classes", "nuclei")
+# detector) reads the all_classes dataset and merges the classes as it loads.
+VARIANTS = {
+    "neoplastic": Variant("neoplastic", 1, False, False, PANNUKE_CLASSES[:1], PANNUKE_CLASSES[:1]),
+    "all_classes": Variant("all_classes", 5, False, True, PANNUKE_CLASSES, PANNUKE_CLASSES),
+    "nuclei": Variant("all_classes", 5, True, True, ("nucleus",), PANNUKE_CLASSES[:1]),
+}
+
+
+def variant_of(name: str) -> Variant:
+    """The :class:`Variant` called ``name`` (a key of :data:`VARIANTS`)."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"data.variant must be one of {tuple(VARIANTS)}, got {name!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -230,7 +263,8 @@ def instance_and_class_maps(
       instances int32 (H, W) (0 background) and classes uint8 (H, W): 0 background, c + 1 for class c
       (the index into the variant's class names).
     """
-    channels = 1 if variant == "neoplastic" else len(PANNUKE_CLASSES)
+    v = variant_of(variant)
+    channels = v.channels
     ids = np.rint(check_mask(mask, where)[..., :channels]).astype(np.int64)
     instances = np.zeros(ids.shape[:2], np.int64)
     classes = np.zeros(ids.shape[:2], np.uint8)
@@ -244,7 +278,7 @@ def instance_and_class_maps(
             channel = np.where(np.isin(channel, clash), renumbered, channel)
             next_id += clash.size
         instances = np.where(on, channel, instances)
-        classes = np.where(on, 1 if variant == "nuclei" else c + 1, classes).astype(np.uint8)
+        classes = np.where(on, 1 if v.merged else c + 1, classes).astype(np.uint8)
     if instances.max(initial=0) > np.iinfo(np.int32).max:
         raise ValueError(f"instance id {instances.max()} does not fit int32")
     return instances.astype(np.int32), classes
@@ -259,24 +293,19 @@ def pannuke_masks(instances: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return out
 
 
-def eligible(mask: np.ndarray, variant: str) -> bool:
+def eligible(mask: np.ndarray, name: str) -> bool:
     """Whether an image belongs to the variant (neoplastic: it holds at least one neoplastic nucleus)."""
-    if variant == "neoplastic":
-        return bool(np.any(np.asarray(mask[..., 0]) > 0))
-    if variant in ("all_classes", "nuclei"):
-        return True
-    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    v = variant_of(name)
+    return v.all_images or bool(np.any(np.asarray(mask[..., : v.channels]) > 0))
 
 
-def dataset_config(variant: str) -> str:
+def dataset_config(name: str) -> str:
     """The tfds builder config that holds a variant's images ("nuclei" merges all_classes' classes)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    return "all_classes" if variant == "nuclei" else variant
+    return variant_of(name).dataset
 
 
 def merge_classes(example: dict) -> dict:
-    """An all_classes example with every nucleus in class 1 (the "nuclei" variant)."""
+    """An example with every nucleus in class 1 (a merged variant read from its dataset)."""
     return {**example, "classes": (np.asarray(example["classes"]) > 0).astype(np.uint8)}
 
 

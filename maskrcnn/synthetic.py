@@ -14,7 +14,7 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from maskrcnn.evaluation.pannuke import PANNUKE_TISSUES
+from maskrcnn.pannuke import PANNUKE_TISSUES
 
 # Per class: radius range (px), elongation range (long / short axis), darkness (0-1), outline roughness.
 _NUCLEI = (

@@ -1,3 +1,7 @@
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# Tests run a handful of steps of many small programs, so XLA's compile time dominates them: LLVM's
+# optimisation level 0 compiles the CPU code about 40% faster (tests/train/test_step.py: 34 s against
+# 56 s). It changes how fast the code runs, not what it computes; benchmarks never set it.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")

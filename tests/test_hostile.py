@@ -368,3 +368,25 @@ def test_a_divergence_names_the_last_healthy_checkpoint_and_resume_recovers_from
     )
     model = train(calmer, workdir, resume=True, validate=False, progress=False)
     assert all(np.isfinite(np.asarray(v.value)).all() for v in model.trainable_variables)
+
+
+def test_a_checkpoint_from_before_a_config_field_existed_resumes_with_its_default(tmp_path):
+    import json
+
+    from maskrcnn.train import checkpoint
+    from maskrcnn.train.workdir import open_workdir
+
+    config = load_config("tiny")
+    workdir = str(tmp_path / "run")
+    (path,) = _fake_run(workdir, config, steps=(2,))
+    meta_path = os.path.join(path, "meta.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    del meta["config"]["data"]["mpp"]  # as written by a version without data.mpp
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    assert checkpoint.problem(path) is None
+    assert open_workdir(workdir, config, resume=True, overwrite=False) == path
+    changed = apply_overrides(config, ["data.mpp=0.5"])  # a value other than the default still differs
+    with pytest.raises(ValueError, match=r"data.mpp: 0.25 -> 0.5"):
+        open_workdir(workdir, changed, resume=True, overwrite=False)

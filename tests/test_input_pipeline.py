@@ -255,7 +255,7 @@ def test_eval_batches_pad_the_last_one_and_rebuild_pannuke_masks():
     assert sum(int(b["example_valid"].sum()) for b in batches) == len(source) == 8
     assert batches[-1]["example_valid"].tolist() == [True, True, True, False, False]
     assert batches[0]["instances"].shape == (5, 256, 256) and batches[0]["instances"].dtype == np.int32
-    _, masks, _ = make_fold(8, seed=ip._SYNTHETIC_SEED + 2)
+    _, masks, _ = make_fold(8, seed=ip.sources._SYNTHETIC_SEED + 2)
     instances = np.concatenate([b["instances"][b["example_valid"]] for b in batches])
     class_map = np.concatenate([b["class_map"][b["example_valid"]] for b in batches])
     index = np.concatenate([b["index"][b["example_valid"]] for b in batches])

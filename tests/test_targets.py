@@ -1,5 +1,7 @@
 """RPN anchor assignment, ROI sampling and mask targets, on cases worked by hand and against loops."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,11 @@ from maskrcnn import targets
 from maskrcnn.ops import anchors_per_level, generate_anchors, pairwise_iou
 
 KEY = jax.random.PRNGKey(0)
+
+
+def _jitted(fn, **static):
+    """``fn`` jitted with its static (int) arguments bound: one compile instead of one per eager op."""
+    return jax.jit(functools.partial(fn, **static))
 
 
 def test_an_anchor_at_iou_exactly_the_threshold_is_positive():
@@ -125,7 +132,8 @@ def test_rpn_targets_never_sample_an_ignored_nucleus_as_background():
 def _roi_case(ignore_valid):
     gt = jnp.array([[0.0, 0.0, 10.0, 10.0]])
     proposals = jnp.array([[0.0, 0.0, 10.0, 10.0], [30.0, 30.0, 40.0, 40.0], [60.0, 60.0, 70.0, 70.0]])
-    return targets.sample_rois(
+    sample = _jitted(targets.sample_rois, num_rois=3, positive_fraction=0.34, mask_size=4)
+    return sample(
         proposals,
         jnp.array([True, True, True]),
         gt,
@@ -133,9 +141,6 @@ def _roi_case(ignore_valid):
         jnp.ones((1, 4, 4)),
         jnp.array([True]),
         KEY,
-        num_rois=3,
-        positive_fraction=0.34,
-        mask_size=4,
         ignore_boxes=jnp.array([[30.0, 30.0, 40.0, 41.0]]),
         ignore_valid=jnp.array([ignore_valid]),
     )
@@ -154,7 +159,8 @@ def test_roi_sampling_caps_positives_at_the_ratio():
     rng = np.random.default_rng(0)
     gt = jnp.asarray(rng.uniform(0, 50, (8, 2)) @ np.array([[1, 0, 1, 0], [0, 1, 0, 1]]) + [0, 0, 10, 10])
     proposals = jnp.concatenate([gt, gt + 0.5, jnp.asarray([[90.0, 90.0, 99.0, 99.0]] * 16)])
-    rois = targets.sample_rois(
+    sample = _jitted(targets.sample_rois, num_rois=12, positive_fraction=0.33, mask_size=4)
+    rois = sample(
         proposals,
         jnp.ones(32, bool),
         gt.astype(jnp.float32),
@@ -162,9 +168,6 @@ def test_roi_sampling_caps_positives_at_the_ratio():
         jnp.ones((8, 4, 4)),
         jnp.ones(8, bool),
         KEY,
-        num_rois=12,
-        positive_fraction=0.33,
-        mask_size=4,
     )
     positive = np.asarray(rois["positive"])
     assert positive.sum() == round(12 * 0.33) and positive[:4].all() and not positive[4:].any()

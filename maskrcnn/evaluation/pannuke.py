@@ -27,14 +27,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskrcnn.config import PANNUKE_CLASSES
 from maskrcnn.evaluation.pq import _SQ_EPS, _compact, _iou, _overlaps, check_label_map, pq_from_iou
+from maskrcnn.pannuke import PANNUKE_CLASSES, PANNUKE_TISSUES  # noqa: F401 (PANNUKE_TISSUES: re-exported)
 
 # The 19 tissues of PanNuke, as spelled in its types.npy, in PanNuke-metrics run.py's order.
-PANNUKE_TISSUES = (
-    "Adrenal_gland", "Bile-duct", "Bladder", "Breast", "Cervix", "Colon", "Esophagus", "HeadNeck", "Kidney",
-    "Liver", "Lung", "Ovarian", "Pancreatic", "Prostate", "Skin", "Stomach", "Testis", "Thyroid", "Uterus",
-)  # fmt: skip
 
 
 def _channels(classes: Sequence[str]) -> list[int]:

@@ -21,15 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from maskrcnn.config import DataConfig
 from maskrcnn.predict import TILE
 from maskrcnn.slides.reader import ModelResolution, Slide, read_thumbnail
 from maskrcnn.slides.stitch import Stitcher, TileGrid
 from maskrcnn.slides.tissue import tiles_with_tissue, tissue_mask
 from maskrcnn.slides.writers import SlideWriter
 
-# PanNuke's patches are 40x scans at about 0.25 um/px (Gamper et al. 2020): the resolution the models
-# are trained at, unless the run's config says otherwise (``data.mpp``).
-PANNUKE_MPP = 0.25
+# PanNuke's patches are 40x scans at about 0.25 um/px (Gamper et al. 2020): the default resolution of
+# TileModel; a trained run's is its config's ``data.mpp`` (the same by default).
+PANNUKE_MPP = DataConfig.mpp
 THUMBNAIL_SIZE = 2048  # longest side of the low-resolution image used for tissue and the thumbnail
 THUMBNAIL_MIN_DOWNSAMPLE = 4  # model pixels per thumbnail pixel, at least (small slides)
 
@@ -58,8 +59,7 @@ def load_tile_model(workdir: str) -> TileModel:
     from maskrcnn.train.workdir import load_trained
 
     config, model = load_trained(workdir)
-    mpp = getattr(config.data, "mpp", None) or PANNUKE_MPP
-    return TileModel(make_tile_predictor(config, model), tuple(config.data.class_names), float(mpp))
+    return TileModel(make_tile_predictor(config, model), tuple(config.data.class_names), config.data.mpp)
 
 
 @dataclasses.dataclass(frozen=True)

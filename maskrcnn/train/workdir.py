@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 
-from maskrcnn.config import Config
+from maskrcnn.config import Config, config_from_dict
 from maskrcnn.model import MaskRCNN, build_model
 from maskrcnn.train import checkpoint
 
@@ -91,6 +91,8 @@ def open_workdir(workdir: str, config: Config, *, resume: bool, overwrite: bool)
         if saved is None and os.path.exists(os.path.join(workdir, CONFIG_FILE)):
             with open(os.path.join(workdir, CONFIG_FILE)) as f:  # checkpoints written before configs were
                 saved = json.load(f)
+        if saved is not None:  # fields added since the checkpoint was written take their defaults
+            saved = config_from_dict(saved).to_dict()
         differences = config_differences(saved, config.to_dict()) if saved is not None else []
         if differences:
             raise ValueError(
@@ -123,8 +125,6 @@ def load_trained(workdir: str) -> tuple[Config, MaskRCNN]:
       FileNotFoundError if ``workdir`` lacks the config or the weights; ValueError if the weights do not fit
       the network the config describes (weights of another run, or a config edited after training).
     """
-    from maskrcnn.config import config_from_dict
-
     config_path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run (make train)")

@@ -39,7 +39,10 @@ def tiny_batch(config, counts=(5, 3), seed=0):
     return batch_from_labels(labels, config.data.max_instances, config.data.mini_mask_size, rng), labels
 
 
-@pytest.mark.parametrize("name,application", [("resnet50", "ResNet50"), ("resnet101", "ResNet101")])
+@pytest.mark.parametrize(
+    "name,application",
+    [("resnet50", "ResNet50"), pytest.param("resnet101", "ResNet101", marks=pytest.mark.slow)],
+)
 def test_backbone_matches_keras_applications(name, application):
     reference = getattr(keras.applications, application)(
         weights=None, include_top=False, input_shape=(64, 64, 3)
@@ -152,6 +155,7 @@ def test_losses_are_deterministic_given_the_key(tiny):
     assert all(float(a[n]) == float(b[n]) for n in LOSS_NAMES)
 
 
+@pytest.mark.slow  # an eager forward pass; the contract tests in test_extend.py swap parts too
 def test_swapping_a_part_is_a_constructor_argument():
     config = load_config("tiny")
     from maskrcnn.model import MaskHead

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from maskrcnn import pannuke  # noqa: E402
-from maskrcnn.config import PANNUKE_CLASSES  # noqa: E402
+from maskrcnn.pannuke import PANNUKE_CLASSES  # noqa: E402
 
 
 def check(manual_dir: str, data_dir: str, config: str) -> dict:

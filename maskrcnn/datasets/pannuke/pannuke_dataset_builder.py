@@ -22,8 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from maskrcnn import pannuke
-from maskrcnn.config import PANNUKE_CLASSES
-from maskrcnn.evaluation.pannuke import PANNUKE_TISSUES
+from maskrcnn.pannuke import PANNUKE_TISSUES
 
 _SIZE = 256
 
@@ -80,7 +79,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         variant = self.builder_config.name
-        classes = PANNUKE_CLASSES[:1] if variant == "neoplastic" else PANNUKE_CLASSES
+        classes = pannuke.variant_of(variant).class_names
         return self.dataset_info_from_configs(
             description=__doc__,
             features=tfds.features.FeaturesDict(
@@ -111,7 +110,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         keys = []
         for fold, paths in folds.items():
             _, masks, _ = pannuke.open_fold(paths, tf.io.gfile.GFile)  # checks shapes, lengths, tissues
-            if variant == "all_classes":
+            if pannuke.variant_of(variant).all_images:
                 keys += [(fold, i) for i in range(len(masks))]
             else:  # one pass over the fold's masks, a row at a time
                 keys += [
