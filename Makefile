@@ -38,7 +38,8 @@ test-all: install
 lint: install
 	$(VENV)/bin/ruff check maskrcnn tests experiments
 
-# The main job on a generated synthetic sample (CPU, a few minutes): data, tfds build, train, evaluate.
+# The main job on a generated synthetic sample (CPU, about 15 minutes on 2 cores): data, tfds build,
+# train, evaluate.
 demo: install
 	$(VENV)/bin/maskrcnn demo $(ARGS)
 

@@ -2,7 +2,8 @@
 
     make demo          # generates the sample, builds it with the tfds builder, trains, evaluates
 
-Sized to train in a few minutes on 2 CPU cores; not a model to use on real slides.
+Sized to train on 2 CPU cores (about 15 minutes here, experiments/results/demo.md); not a model to use on
+real slides.
 """
 
 import dataclasses
