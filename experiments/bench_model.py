@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "model.md")
 REPEATS = {"tiny": 5, "fast": 3, "paper": 2}
 
@@ -28,6 +30,7 @@ def measure(preset: str) -> dict:
     import dataclasses
 
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from maskrcnn import input_pipeline
@@ -67,7 +70,13 @@ def measure(preset: str) -> dict:
     )
     _, compile_infer = timed(infer, variables, batch["image"])
     infer_times = [timed(infer, variables, batch["image"])[1] for _ in range(REPEATS[preset])]
+    from experiments.stages import inference_stages, train_stages
+
+    repeats = REPEATS[preset]
     return {
+        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+        "inference_stages": inference_stages(model, batch["image"], repeats),
+        "train_stages": train_stages(model, {k: jnp.asarray(v) for k, v in batch.items()}, key, repeats),
         "preset": preset,
         "backbone": config.model.backbone,
         "image_size": size,
@@ -89,15 +98,55 @@ Work per 256 px image of the `fast` preset at inference, counted from the layer 
 ResNet50 5.3 G, FPN 3.7 G, the RPN's shared 3x3 conv with 512 channels 6.4 G (4.8 G of it on P2),
 the box head's 7x7x256 -> 1024 FC over 1,000 proposals 13.9 G; about 29 GMAC = 58 GFLOP before the
 mask head, which adds 0.5 GMAC per detection (four 3x3 convs of 256 channels at 14x14 and the
-deconvolution). The measured 1.54 s per image is thus at least 38 GFLOP/s on these two cores; 0.5 s
-would need 116 GFLOP/s for the same network. The goal is not met on this CPU. Meeting it means doing
-less work (fewer proposals at inference, a narrower box head, a lighter backbone), which changes the
-model, so the presets keep Matterport's sizes and leave the choice to the user
-(`--set model.post_nms_rois_inference=300` cuts the box head's work by 70%).
+deconvolution). Fewer proposals at inference cut the box head's share in proportion
+(`--set model.post_nms_rois_inference=300`: 70% less of it), at the cost of recall.
 
-The `fast` train step compiles within the 60 s goal; `paper` (ResNet101, twice the layers, at 1024 px)
-takes longer. Compilation is paid once per run: the step is traced once and reused for every batch.
+What the stage tables said on 2026-12-02 (`python experiments/bench_model.py fast`, this 2-core CPU):
+- Inference is the second stage's: the box head (45%, its FC at about 20 GFLOP/s), the mask head over
+  the detections (31%; random weights fill many of the 256 slots, a trained model fewer) and the box
+  ROI pooling (14%). The backbone, FPN and RPN together are 6%.
+- In the train step the backward passes of the convolutions cost 5-17x their forward passes (backbone
+  5x, FPN 7x, RPN head 7x, mask head 17x), where 2-3x is usual: XLA's CPU convolution gradients, the
+  mask head's above all (3.7 s of the 7.3 s the stages sum to per image), are where a speed-up starts.
+  The rest of the 10.4 s step is the optimizer over every variable and what the whole program does not
+  fuse as the stages do.
 """
+
+
+def stage_tables(rows) -> list[str]:
+    """The per-stage tables (experiments/stages.py) of each preset, per image, beside the whole program."""
+    lines = []
+    for r in rows:
+        b = r["batch_size"]
+        inference = r["inference_stages"]
+        total = sum(t for _, t in inference)
+        lines += [
+            "",
+            f"## Where the time goes: `{r['preset']}` ({r['device']}, batch {b}, per image)",
+            "",
+            "Each stage jitted on its own on the previous stage's outputs (`experiments/stages.py`); the "
+            "whole program fuses across the borders, so its time is not the sum exactly.",
+            "",
+            "| inference stage | ms per image | share |",
+            "|---|---:|---:|",
+            *(f"| {name} | {1000 * t / b:.1f} | {t / total:.0%} |" for name, t in inference),
+            f"| **sum of the stages** | **{1000 * total / b:.1f}** | |",
+            f"| whole inference, one jit | {1000 * r['infer_per_image_s']:.1f} | |",
+            "",
+            "| train-step stage | forward (ms per image) | forward + backward (ms per image) |",
+            "|---|---:|---:|",
+        ]
+        fwd = bwd = 0.0
+        for name, forward, both in r["train_stages"]:
+            fwd, bwd = fwd + forward, bwd + (both if both is not None else forward)
+            shown = f"{1000 * both / b:.1f}" if both is not None else "- (no gradient)"
+            lines.append(f"| {name} | {1000 * forward / b:.1f} | {shown} |")
+        lines += [
+            f"| **sum of the stages** | **{1000 * fwd / b:.1f}** | **{1000 * bwd / b:.1f}** |",
+            f"| whole train step (with the optimizer), one jit | "
+            f"| {1000 * r['train_step_per_image_s']:.1f} |",
+        ]
+    return lines
 
 
 def main(presets):
@@ -132,6 +181,7 @@ def main(presets):
             f"| {r['compile_train_s']:.1f} | {r['train_step_per_image_s']:.2f} | {r['compile_infer_s']:.1f} "
             f"| {r['infer_per_image_s']:.3f} | {r['peak_rss_gib']:.1f} |"
         )
+    lines += stage_tables(rows)
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         f.write("\n".join(lines) + "\n" + NOTES)

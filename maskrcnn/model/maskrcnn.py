@@ -162,10 +162,11 @@ class MaskRCNN(keras.Model):
         masks = jax.lax.fori_loop(0, (used + chunk - 1) // chunk, run, jnp.zeros((batch, padded, size, size)))
         return masks[:, :slots]
 
-    def losses(self, pyramid, rpn_logits, rpn_deltas, proposals, proposal_valid, batch, key, size):
-        """Second stage in training: sample ROIs against the ground truth and return the five losses."""
+    def training_targets(self, proposals, proposal_valid, batch, key, size):
+        """Anchor labels and box targets (B, A), (B, A, 4) and the sampled ROIs with their targets (a dict of
+        (B, R, ...) arrays, :func:`maskrcnn.targets.sample_rois`) for a batch of the input pipeline."""
         cfg = self.config
-        batch_size = rpn_logits.shape[0]
+        batch_size = proposals.shape[0]
         key_rpn, key_roi = jax.random.split(key)
         # Ground truth the input pipeline had no slot for is neither trained nor taught as background.
         ignored = {
@@ -205,6 +206,14 @@ class MaskRCNN(keras.Model):
             jax.random.split(key_roi, batch_size),
             ignore_boxes=ignored["boxes"],
             ignore_valid=ignored["valid"],
+        )
+        return rpn_labels, rpn_target_deltas, rois
+
+    def losses(self, pyramid, rpn_logits, rpn_deltas, proposals, proposal_valid, batch, key, size):
+        """Second stage in training: sample ROIs against the ground truth and return the five losses."""
+        cfg = self.config
+        rpn_labels, rpn_target_deltas, rois = self.training_targets(
+            proposals, proposal_valid, batch, key, size
         )
         class_logits, box_deltas = self.box_head(
             self.roi_features(pyramid, rois["rois"], cfg.pool_size), training=True

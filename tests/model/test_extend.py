@@ -81,6 +81,7 @@ def test_heads_that_do_not_fit_the_classes_are_refused_when_built():
         build_model(config.model, 64, mask_head=MaskHead(3, width=16))
 
 
+@pytest.mark.slow  # a training run with validation (the log itself: tests/train/test_log.py)
 def test_an_added_loss_term_is_logged_and_validated(tmp_path):
     import csv
 

@@ -73,15 +73,19 @@ def test_stage_shapes(tiny):
     cfg = config.model
     size = config.data.image_size
     images = jnp.zeros((2, size, size, 3), jnp.uint8)
-    c2_c5 = model.backbone(images.astype("float32"))
+
+    @jax.jit  # one compile of all the stages instead of one per eager op
+    def stages(images):
+        pyramid = model.features(images)
+        return model.backbone(images.astype("float32")), pyramid, model.rpn_head(pyramid), model(images)
+
+    c2_c5, pyramid, (logits, deltas), detections = stages(images)
     width = cfg.backbone_width
     for i, c in enumerate(c2_c5):
         assert c.shape == (2, size // 2 ** (i + 2), size // 2 ** (i + 2), 4 * width * 2**i)
-    pyramid = model.features(images)
     assert [p.shape for p in pyramid] == [
         (2, size // s, size // s, cfg.fpn_channels) for s in (4, 8, 16, 32, 64)
     ]
-    logits, deltas = model.rpn_head(pyramid)
     num_anchors = generate_anchors(
         (size, size),
         strides=cfg.anchor_strides,
@@ -91,7 +95,6 @@ def test_stage_shapes(tiny):
     ).shape[0]
     assert num_anchors == sum((size // s) ** 2 for s in cfg.anchor_strides) * 9  # 3 octaves x 3 ratios
     assert logits.shape == (2, num_anchors, 2) and deltas.shape == (2, num_anchors, 4)
-    detections = model(images)
     d = cfg.detection_max_instances
     assert detections["boxes"].shape == (2, d, 4)
     assert detections["masks"].shape == (2, d, cfg.mask_size, cfg.mask_size)

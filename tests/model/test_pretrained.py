@@ -313,7 +313,7 @@ def matterports_resnet(blocks, width):
         # Variances near the epsilon, so that 1e-3 against keras.applications' 1.001e-5 shows.
         ("tiny", 8, (1, 1, 1, 1), (1e-3, 1e-2)),
         # The real shapes and names (blocks "a" to "w" in conv4); variances that keep 33 blocks finite.
-        ("resnet101", 64, (3, 4, 23, 3), (0.5, 1.5)),
+        pytest.param("resnet101", 64, (3, 4, 23, 3), (0.5, 1.5), marks=pytest.mark.slow),
     ],
 )
 def test_a_loaded_backbone_computes_what_matterports_resnet_computes(
