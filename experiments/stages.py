@@ -13,24 +13,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
-from maskrcnn import postprocess
+from experiments.bench_ops import median_seconds
 from maskrcnn.model import detections_to_label_maps
-
-
-def _median_time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # the compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _variables(layer):
@@ -66,7 +54,7 @@ def inference_stages(model, images, repeats: int) -> list[tuple[str, float]]:
 
     def stage(name, fn, *args):
         jitted = jax.jit(fn)
-        rows.append((name, _median_time(jitted, *args, repeats=repeats)))
+        rows.append((name, median_seconds(jitted, *args, repeats=repeats)))
         return jitted(*args)
 
     features = stage("backbone", functools.partial(_layer(model.backbone), *_variables(model.backbone)), x)
@@ -83,16 +71,9 @@ def inference_stages(model, images, repeats: int) -> list[tuple[str, float]]:
     class_logits, box_deltas = stage(
         "box head", functools.partial(_layer(model.box_head), *_variables(model.box_head)), pooled
     )
-    detect = functools.partial(
-        postprocess.detect,
-        image_size=size,
-        min_confidence=cfg.detection_min_confidence,
-        nms_threshold=cfg.detection_nms_threshold,
-        max_detections=cfg.detection_max_instances,
-    )
     detections = stage(
         "detection (per-class NMS)",
-        lambda c, d, p, v: jax.vmap(detect)(c, d, p, v),
+        lambda c, d, p, v: model.detections(c, d, p, v, size),
         class_logits,
         box_deltas,
         proposals,
@@ -121,11 +102,11 @@ def train_stages(model, batch, key, repeats: int) -> list[tuple[str, float, floa
         else:
             fn, trainable, non_trainable = (lambda t, n, *a: part(*a)), [], []
         forward = jax.jit(functools.partial(fn, trainable, non_trainable))
-        seconds = _median_time(forward, *inputs, repeats=repeats)
+        seconds = median_seconds(forward, *inputs, repeats=repeats)
         both = None
         if grads:
             backward, args = _forward_backward(fn, trainable, non_trainable, inputs, input_grads)
-            both = _median_time(backward, *args, repeats=repeats)
+            both = median_seconds(backward, *args, repeats=repeats)
         rows.append((name, seconds, both))
         return forward(*inputs)
 

@@ -125,6 +125,12 @@ class MaskRCNN(keras.Model):
         """Second stage at inference: classify and refine proposals, then predict the detections' masks."""
         cfg = self.config
         class_logits, box_deltas = self.box_head(self.roi_features(pyramid, proposals, cfg.pool_size))
+        detections = self.detections(class_logits, box_deltas, proposals, proposal_valid, size)
+        return {**detections, "masks": self.detection_masks(pyramid, detections)}
+
+    def detections(self, class_logits, box_deltas, proposals, proposal_valid, size):
+        """Per-class scoring, box refinement and NMS of a batch (:func:`maskrcnn.postprocess.detect`)."""
+        cfg = self.config
         detect = functools.partial(
             postprocess.detect,
             image_size=size,
@@ -132,8 +138,7 @@ class MaskRCNN(keras.Model):
             nms_threshold=cfg.detection_nms_threshold,
             max_detections=cfg.detection_max_instances,
         )
-        detections = jax.vmap(detect)(class_logits, box_deltas, proposals, proposal_valid)
-        return {**detections, "masks": self.detection_masks(pyramid, detections)}
+        return jax.vmap(detect)(class_logits, box_deltas, proposals, proposal_valid)
 
     def detection_masks(self, pyramid, detections):
         """Mask probabilities (B, D, m, m) of the detections' classes (zero past the last chunk in use).
