@@ -2,6 +2,7 @@
 
     make bench-model                      # fast and paper presets, writes experiments/results/model.md
     python experiments/bench_model.py tiny fast
+    python experiments/bench_model.py fast --set train.batch_size=16 --set train.mixed_precision=True  # GPU
 
 Each preset runs in its own process (so peak memory is its own): a train step of the "all" stage (every
 layer trains) and inference (detections, masks pasted at full size, instance label maps) on a batch of
@@ -26,20 +27,24 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results", "model.md")
 REPEATS = {"tiny": 5, "fast": 3, "paper": 2}
 
 
-def measure(preset: str) -> dict:
+def measure(preset: str, overrides: list[str]) -> dict:
     import dataclasses
 
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from maskrcnn import input_pipeline
-    from maskrcnn.config import StageConfig, load_config
+    from maskrcnn import input_pipeline  # first: importing maskrcnn selects Keras' JAX backend
+    from maskrcnn.config import StageConfig, apply_overrides, load_config
     from maskrcnn.model import build_model, detections_to_label_maps
     from maskrcnn.train.step import prepare_stage
 
-    config = load_config(preset)
+    config = apply_overrides(load_config(preset), overrides)  # e.g. a batch that fills a GPU
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, builder="synthetic"))
+    if config.train.mixed_precision:  # as training does: bf16 activations, float32 variables
+        import keras
+
+        keras.config.set_dtype_policy("mixed_bfloat16")
     size, batch_size = config.data.image_size, config.train.batch_size
     batch = next(input_pipeline.make_train_iterator(config, epoch=0))
     batch = {k: batch[k] for k in input_pipeline.MODEL_INPUTS}
@@ -149,12 +154,13 @@ def stage_tables(rows) -> list[str]:
     return lines
 
 
-def main(presets):
+def main(presets, overrides):
     rows = []
+    sets = [a for o in overrides for a in ("--set", o)]
     for preset in presets:
         print(f"measuring {preset} ...", flush=True)
         out = subprocess.run(
-            [sys.executable, __file__, "--one", preset], capture_output=True, text=True, check=False
+            [sys.executable, __file__, "--one", preset, *sets], capture_output=True, text=True, check=False
         )
         if out.returncode:
             raise SystemExit(f"{preset} failed:\n{out.stderr[-3000:]}")
@@ -165,9 +171,10 @@ def main(presets):
     lines = [
         "# Model speed and memory on this machine",
         "",
-        f"Made by `make bench-model` (`python experiments/bench_model.py {' '.join(presets)}`), "
+        f"Made by `make bench-model` (`python experiments/bench_model.py {' '.join(presets + sets)}`), "
         f"{time.strftime('%Y-%m-%d')}.",
-        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU, jax {jax.__version__}. "
+        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), device {rows[0]['device']}, "
+        f"jax {jax.__version__}. "
         "Train step: the 'all' stage (every layer trains), one jitted step; inference: detections, masks "
         "pasted at full size and instance label maps. Medians after the compile.",
         "",
@@ -188,8 +195,19 @@ def main(presets):
     print("\n".join(lines))
 
 
+def _parse(argv):
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("presets", nargs="*", default=["fast", "paper"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # the child process measuring one preset
+    return p.parse_args(argv)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--one"]:
-        print(json.dumps(measure(sys.argv[2])))
+    args = _parse(sys.argv[1:])
+    if args.one:
+        print(json.dumps(measure(args.one, args.set)))
     else:
-        main(sys.argv[1:] or ["fast", "paper"])
+        main(args.presets, args.set)
