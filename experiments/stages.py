@@ -36,6 +36,11 @@ def _layer(layer, training=False):
     return run
 
 
+def _bound(layer):
+    """A Keras part as a pure function of its inputs, its variables' current values bound."""
+    return functools.partial(_layer(layer), *_variables(layer))
+
+
 def _forward_backward(fn, trainable, non_trainable, inputs, input_grads=True):
     """Jitted gradients of ``sum(fn(...))`` with respect to ``trainable`` (and the float ``inputs``)."""
 
@@ -57,20 +62,16 @@ def inference_stages(model, images, repeats: int) -> list[tuple[str, float]]:
         rows.append((name, median_seconds(jitted, *args, repeats=repeats)))
         return jitted(*args)
 
-    features = stage("backbone", functools.partial(_layer(model.backbone), *_variables(model.backbone)), x)
-    pyramid = stage("FPN", functools.partial(_layer(model.fpn), *_variables(model.fpn)), features)
-    logits, deltas = stage(
-        "RPN head", functools.partial(_layer(model.rpn_head), *_variables(model.rpn_head)), pyramid
-    )
+    features = stage("backbone", _bound(model.backbone), x)
+    pyramid = stage("FPN", _bound(model.fpn), features)
+    logits, deltas = stage("RPN head", _bound(model.rpn_head), pyramid)
     proposals, valid = stage(
         "proposals (top-k, NMS)", lambda a, b: model.proposals(a, b, size), logits, deltas
     )
     pooled = stage(
         "ROI pooling (box head)", lambda p, b: model.roi_features(p, b, cfg.pool_size), pyramid[:4], proposals
     )
-    class_logits, box_deltas = stage(
-        "box head", functools.partial(_layer(model.box_head), *_variables(model.box_head)), pooled
-    )
+    class_logits, box_deltas = stage("box head", _bound(model.box_head), pooled)
     detections = stage(
         "detection (per-class NMS)",
         lambda c, d, p, v: model.detections(c, d, p, v, size),
