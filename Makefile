@@ -18,7 +18,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA))
 
 .PHONY: install test test-all lint demo data train train-heads train-all evaluate predict \
-        bench bench-ops bench-evaluation bench-input bench-model bench-learning bench-slide clean
+        bench bench-ops bench-evaluation bench-input bench-model bench-peer bench-learning bench-slide clean
 
 install: $(STAMP)
 
@@ -86,6 +86,11 @@ bench-input: install
 
 bench-model: install
 	$(PY) experiments/bench_model.py
+
+# Not part of `make bench`: downloads torch and torchvision (the optional `peer` extra) to time them.
+bench-peer: install
+	$(PY) -m pip install --quiet -e '.[peer]'
+	$(PY) experiments/bench_peer.py $(ARGS)
 
 # Whole-slide path against the model alone, tiles per second (tiny preset; ARGS="--config fast" on a GPU).
 bench-slide: install

@@ -27,19 +27,20 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results", "model.md")
 REPEATS = {"tiny": 5, "fast": 3, "paper": 2}
 
 
-def measure(preset: str, overrides: list[str]) -> dict:
+def whole_program(config, repeats: int, infer_batch: int | None = None) -> dict:
+    """Compile and median times of the jitted train step ("all" stage) and of inference (detections,
+    masks pasted, label maps) on a synthetic batch of ``config``; inference on the first ``infer_batch``
+    images (default: the whole batch). Returns the figures with the model and batch that made them."""
     import dataclasses
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from maskrcnn import input_pipeline  # first: importing maskrcnn selects Keras' JAX backend
-    from maskrcnn.config import StageConfig, apply_overrides, load_config
+    from maskrcnn.config import StageConfig
     from maskrcnn.model import build_model, detections_to_label_maps
     from maskrcnn.train.step import prepare_stage
 
-    config = apply_overrides(load_config(preset), overrides)  # e.g. a batch that fills a GPU
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, builder="synthetic"))
     if config.train.mixed_precision:  # as training does: bf16 activations, float32 variables
         import keras
@@ -59,7 +60,7 @@ def measure(preset: str, overrides: list[str]) -> dict:
     key = jax.random.PRNGKey(0)
     (state, _), compile_train = timed(step, state, batch, key)
     train_times = []
-    for _ in range(REPEATS[preset]):
+    for _ in range(repeats):
         (state, metrics), t = timed(step, state, batch, key)
         train_times.append(t)
 
@@ -67,31 +68,49 @@ def measure(preset: str, overrides: list[str]) -> dict:
     def infer(variables, images):
         trainable, non_trainable = variables
         detections = model.stateless_call(trainable, non_trainable, images)[0]
-        return detections_to_label_maps(detections, (size, size))
+        return detections_to_label_maps(detections, (size, size)), detections["valid"].sum(axis=1)
 
     variables = (
         [v.value for v in model.trainable_variables],
         [v.value for v in model.non_trainable_variables],
     )
-    _, compile_infer = timed(infer, variables, batch["image"])
-    infer_times = [timed(infer, variables, batch["image"])[1] for _ in range(REPEATS[preset])]
+    images = batch["image"][: infer_batch or batch_size]
+    (_, found), compile_infer = timed(infer, variables, images)
+    infer_times = [timed(infer, variables, images)[1] for _ in range(repeats)]
+    return {
+        "model": model,
+        "batch": batch,
+        "key": key,
+        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+        "compile_train_s": compile_train,
+        "train_step_per_image_s": statistics.median(train_times) / batch_size,
+        "compile_infer_s": compile_infer,
+        "infer_per_image_s": statistics.median(infer_times) / len(images),
+        "detections_per_image": float(np.mean(found)),
+        "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
+    }
+
+
+def measure(preset: str, overrides: list[str]) -> dict:
+    import jax.numpy as jnp
+
+    from maskrcnn.config import apply_overrides, load_config
+
+    config = apply_overrides(load_config(preset), overrides)  # e.g. a batch that fills a GPU
+    repeats = REPEATS[preset]
+    whole = whole_program(config, repeats)
+    model, batch, key = whole.pop("model"), whole.pop("batch"), whole.pop("key")
     from experiments.stages import inference_stages, train_stages
 
-    repeats = REPEATS[preset]
     return {
-        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+        **whole,
         "inference_stages": inference_stages(model, batch["image"], repeats),
         "train_stages": train_stages(model, {k: jnp.asarray(v) for k, v in batch.items()}, key, repeats),
         "preset": preset,
         "backbone": config.model.backbone,
-        "image_size": size,
-        "batch_size": batch_size,
-        "compile_train_s": compile_train,
-        "train_step_per_image_s": statistics.median(train_times) / batch_size,
-        "compile_infer_s": compile_infer,
-        "infer_per_image_s": statistics.median(infer_times) / batch_size,
+        "image_size": config.data.image_size,
+        "batch_size": config.train.batch_size,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
     }
 
 

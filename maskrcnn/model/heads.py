@@ -11,6 +11,45 @@ import keras
 from keras import layers, ops
 
 
+def window_dense(conv: layers.Conv2D, x):
+    """``conv(x)`` for a "valid" convolution whose kernel spans the whole window of ``x`` (N, P, P, C),
+    computed as one matrix product: (N, 1, 1, filters), the same sums over the same weights.
+
+    The box head's 7x7 "convolution" over a 7x7 pooled ROI is a fully connected layer; written as a
+    convolution, XLA's CPU backend ran it 9x slower than this product forward and 23x slower forward and
+    backward (``experiments/results/model.md``). The layer keeps its Conv2D kernel, so weights load and
+    save unchanged.
+    """
+    if tuple(x.shape[1:3]) != tuple(conv.kernel_size):
+        raise ValueError(
+            f"{conv.name}: input window {tuple(x.shape[1:3])} is not the kernel's {conv.kernel_size}"
+        )
+    kernel = ops.cast(ops.reshape(conv.kernel, (-1, conv.filters)), x.dtype)
+    y = ops.matmul(ops.reshape(x, (-1, kernel.shape[0])), kernel)
+    if conv.use_bias:
+        y = y + ops.cast(conv.bias, x.dtype)
+    return conv.activation(ops.reshape(y, (-1, 1, 1, conv.filters)))
+
+
+def upsample_2x(deconv: layers.Conv2DTranspose, x):
+    """``deconv(x)`` for a 2x2 transposed convolution of stride 2, computed as one matrix product and a
+    depth-to-space reshape: (N, H, W, C) -> (N, 2H, 2W, filters), exactly the layer's numbers.
+
+    With kernel = stride the output windows do not overlap: output pixel (2i + a, 2j + b) is input pixel
+    (i, j) times kernel tap (a, b). XLA's CPU gradient of the transposed convolution ran 70x slower than
+    the product's (``experiments/results/model.md``); the layer keeps its kernel (2, 2, filters, C).
+    """
+    if tuple(deconv.kernel_size) != (2, 2) or tuple(deconv.strides) != (2, 2) or deconv.padding != "valid":
+        raise ValueError(f"{deconv.name}: upsample_2x needs kernel 2, stride 2, padding 'valid'")
+    n, h, w = ops.shape(x)[0], x.shape[1], x.shape[2]
+    kernel = ops.cast(deconv.kernel, x.dtype)
+    y = ops.einsum("nhwc,aboc->nhawbo", x, kernel)
+    y = ops.reshape(y, (n, 2 * h, 2 * w, deconv.filters))
+    if deconv.use_bias:
+        y = y + ops.cast(deconv.bias, x.dtype)
+    return deconv.activation(y)
+
+
 class RPNHead(keras.layers.Layer):
     """Region proposal head shared across pyramid levels.
 
@@ -68,12 +107,18 @@ class BoxHead(keras.layers.Layer):
         self.class_logits = layers.Dense(num_classes + 1, name="mrcnn_class_logits")
         self.bbox_fc = layers.Dense(4 * (num_classes + 1), name="mrcnn_bbox_fc")
 
+    def build(self, pooled_shape):
+        # conv1 and conv2 run through window_dense, not their own call, so they are built here.
+        self.conv1.build((None, self.pool_size, self.pool_size, pooled_shape[-1]))
+        self.conv2.build((None, 1, 1, self.width))
+        self.built = True
+
     def call(self, pooled, training=False):
         batch, rois = ops.shape(pooled)[0], ops.shape(pooled)[1]
         x = ops.reshape(pooled, (-1, *ops.shape(pooled)[2:]))
         bn_training = training and self.train_bn
-        x = ops.relu(self.bn1(self.conv1(x), training=bn_training))
-        x = ops.relu(self.bn2(self.conv2(x), training=bn_training))
+        x = ops.relu(self.bn1(window_dense(self.conv1, x), training=bn_training))
+        x = ops.relu(self.bn2(window_dense(self.conv2, x), training=bn_training))
         x = ops.reshape(x, (batch, rois, self.width))
         logits = self.class_logits(x)
         deltas = ops.reshape(self.bbox_fc(x), (batch, rois, self.num_classes + 1, 4))
@@ -109,12 +154,17 @@ class MaskHead(keras.layers.Layer):
         self.deconv = layers.Conv2DTranspose(width, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")
         self.output_conv = layers.Conv2D(num_classes, 1, name="mrcnn_mask")
 
+    def build(self, pooled_shape):
+        # The deconvolution runs through upsample_2x, not its own call, so it is built here.
+        self.deconv.build((None, pooled_shape[-3], pooled_shape[-2], self.width))
+        self.built = True
+
     def call(self, pooled, training=False):
         batch, rois = ops.shape(pooled)[0], ops.shape(pooled)[1]
         x = ops.reshape(pooled, (-1, *ops.shape(pooled)[2:]))
         for conv, bn in zip(self.convs, self.bns, strict=True):
             x = ops.relu(bn(conv(x), training=training and self.train_bn))
-        x = self.output_conv(self.deconv(x))
+        x = self.output_conv(upsample_2x(self.deconv, x))
         return ops.reshape(x, (batch, rois, *ops.shape(x)[1:]))
 
     def get_config(self):

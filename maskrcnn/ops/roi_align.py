@@ -6,8 +6,8 @@ The numbers are those of the standard definition as torchvision's ``roi_align`` 
 centres, each sample bilinearly interpolated (zero when more than one cell outside the map, clamped to
 the border otherwise), and the samples averaged.
 
-All levels of a pyramid are flattened into one (sum H*W, C) table, so one gather per corner serves every
-box whatever its level. Gradients flow to the features, not to the boxes (as in Matterport).
+All levels of a pyramid are flattened into one (sum H*W, C) table, so one gather serves every box
+whatever its level. Gradients flow to the features, not to the boxes (as in Matterport).
 """
 
 from __future__ import annotations
@@ -65,20 +65,20 @@ def _align_flat(table, boxes, level, shapes, scales, output_size, sampling_ratio
     y_lo, y_hi, wy_lo, wy_hi = _axis_samples(b[:, 0], b[:, 2], oh, sampling_ratio, heights, aligned)
     x_lo, x_hi, wx_lo, wx_hi = _axis_samples(b[:, 1], b[:, 3], ow, sampling_ratio, widths, aligned)
 
-    def corner(rows, cols, w_rows, w_cols):
-        index = offsets[:, None, None] + rows[:, :, None] * widths[:, None, None] + cols[:, None, :]
-        weight = w_rows[:, :, None] * w_cols[:, None, :]  # (R, oh*g, ow*g)
-        return table[index].astype(jnp.float32) * weight[..., None]
-
-    samples = (
-        corner(y_lo, x_lo, wy_lo, wx_lo)
-        + corner(y_lo, x_hi, wy_lo, wx_hi)
-        + corner(y_hi, x_lo, wy_hi, wx_lo)
-        + corner(y_hi, x_hi, wy_hi, wx_hi)
+    # Every bin is a weighted sum of 4 g^2 cells (g x g samples, 4 bilinear corners each): gather them
+    # once and contract, rather than gathering each corner's (R, oh*g, ow*g, C) samples, adding and
+    # averaging. Same sums; on the CPU 1.6x faster at 14x14 and 1.8x in the backward pass (issue 18).
+    r, g = boxes.shape[0], sampling_ratio
+    rows = jnp.stack([y_lo, y_hi], -1).reshape(r, oh, 1, 2 * g, 1)
+    w_rows = jnp.stack([wy_lo, wy_hi], -1).reshape(r, oh, 1, 2 * g, 1)
+    cols = jnp.stack([x_lo, x_hi], -1).reshape(r, 1, ow, 1, 2 * g)
+    w_cols = jnp.stack([wx_lo, wx_hi], -1).reshape(r, 1, ow, 1, 2 * g)
+    index = (offsets[:, None, None, None, None] + rows * widths[:, None, None, None, None] + cols).reshape(
+        r, oh, ow, 4 * g * g
     )
-    r, c = samples.shape[0], samples.shape[-1]
-    g = sampling_ratio
-    return samples.reshape(r, oh, g, ow, g, c).mean(axis=(2, 4)).astype(table.dtype)
+    weight = (w_rows * w_cols).reshape(r, oh, ow, 4 * g * g) / (g * g)
+    samples = table[index].astype(jnp.float32)  # (R, oh, ow, 4 g^2, C)
+    return jnp.einsum("rpqk,rpqkc->rpqc", weight, samples).astype(table.dtype)
 
 
 def _check(features_list, boxes, sampling_ratio):
