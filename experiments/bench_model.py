@@ -125,15 +125,21 @@ mask head, which adds 0.5 GMAC per detection (four 3x3 convs of 256 channels at 
 deconvolution). Fewer proposals at inference cut the box head's share in proportion
 (`--set model.post_nms_rois_inference=300`: 70% less of it), at the cost of recall.
 
-What the stage tables said on 2026-12-02 (`python experiments/bench_model.py fast`, this 2-core CPU):
-- Inference is the second stage's: the box head (45%, its FC at about 20 GFLOP/s), the mask head over
-  the detections (31%; random weights fill many of the 256 slots, a trained model fewer) and the box
-  ROI pooling (14%). The backbone, FPN and RPN together are 6%.
-- In the train step the backward passes of the convolutions cost 5-17x their forward passes (backbone
-  5x, FPN 7x, RPN head 7x, mask head 17x), where 2-3x is usual: XLA's CPU convolution gradients, the
-  mask head's above all (3.7 s of the 7.3 s the stages sum to per image), are where a speed-up starts.
-  The rest of the 10.4 s step is the optimizer over every variable and what the whole program does not
-  fuse as the stages do.
+What the stage tables said (`python experiments/bench_model.py fast`, this 2-core CPU):
+- Before issue 18's rewrites (2026-12-02, commit 0fc5e59): train step 10.38 s per image, inference
+  3.46 s, compile 67.4 s + 25.0 s. The box head was 45% of inference (its 7x7 FC, written as a
+  convolution, ran at about 20 GFLOP/s), and in the train step the mask head's forward + backward took
+  3.7 s of the 7.3 s the stages summed to: XLA's CPU gradient of the 2x2 transposed convolution.
+- After the box head's FC became one matrix product and the deconvolution a product and a reshape
+  (commit 3efb413; the same numbers, `experiments/results/forms.md`): train step 2.32 s per image,
+  inference 1.59 s, compile 40.6 s + 11.0 s, in a later run the same day (the backbone, which did not
+  change, also ran 1.4x faster in it: machine drift, so the same-run ratios of `forms.md` are the
+  measure of each change). ROI pooling is now the largest inference stage (41% for the box head's,
+  38% with the mask head's), which the ROIAlign rewrite of the same commit cuts 3.4-3.8x (`forms.md`;
+  not yet in a stage table here). The train step is led by the mask head's 3x3 convolutions (their
+  CPU gradients cost 5x their forward) and the backbone's backward pass.
+- Against torchvision at the same shapes in one run (`make bench-peer`, `peer.md`): inference 1.10x
+  its time per image, train step 3.2x.
 """
 
 
