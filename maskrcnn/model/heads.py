@@ -16,8 +16,8 @@ def window_dense(conv: layers.Conv2D, x):
     computed as one matrix product: (N, 1, 1, filters), the same sums over the same weights.
 
     The box head's 7x7 "convolution" over a 7x7 pooled ROI is a fully connected layer; written as a
-    convolution, XLA's CPU backend ran it 9x slower than this product forward and 23x slower forward and
-    backward (``experiments/results/model.md``). The layer keeps its Conv2D kernel, so weights load and
+    convolution, XLA's CPU backend ran it 9x slower than this product forward and 19x slower forward and
+    backward (``experiments/results/forms.md``). The layer keeps its Conv2D kernel, so weights load and
     save unchanged.
     """
     if tuple(x.shape[1:3]) != tuple(conv.kernel_size):
@@ -36,8 +36,9 @@ def upsample_2x(deconv: layers.Conv2DTranspose, x):
     depth-to-space reshape: (N, H, W, C) -> (N, 2H, 2W, filters), exactly the layer's numbers.
 
     With kernel = stride the output windows do not overlap: output pixel (2i + a, 2j + b) is input pixel
-    (i, j) times kernel tap (a, b). XLA's CPU gradient of the transposed convolution ran 70x slower than
-    the product's (``experiments/results/model.md``); the layer keeps its kernel (2, 2, filters, C).
+    (i, j) times kernel tap (a, b). XLA's CPU forward and backward of the transposed convolution ran
+    38x slower than the product's (``experiments/results/forms.md``); the layer keeps its kernel
+    (2, 2, filters, C).
     """
     if tuple(deconv.kernel_size) != (2, 2) or tuple(deconv.strides) != (2, 2) or deconv.padding != "valid":
         raise ValueError(f"{deconv.name}: upsample_2x needs kernel 2, stride 2, padding 'valid'")

@@ -67,7 +67,7 @@ def _align_flat(table, boxes, level, shapes, scales, output_size, sampling_ratio
 
     # Every bin is a weighted sum of 4 g^2 cells (g x g samples, 4 bilinear corners each): gather them
     # once and contract, rather than gathering each corner's (R, oh*g, ow*g, C) samples, adding and
-    # averaging. Same sums; on the CPU 1.6x faster at 14x14 and 1.8x in the backward pass (issue 18).
+    # averaging. Same sums; 3.4-3.8x faster forward + backward on the CPU (experiments/results/forms.md).
     r, g = boxes.shape[0], sampling_ratio
     rows = jnp.stack([y_lo, y_hi], -1).reshape(r, oh, 1, 2 * g, 1)
     w_rows = jnp.stack([wy_lo, wy_hi], -1).reshape(r, oh, 1, 2 * g, 1)
