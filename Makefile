@@ -43,7 +43,7 @@ test-all: install
 lint: install
 	$(VENV)/bin/ruff check maskrcnn tests experiments
 
-# The main job on a generated synthetic sample (CPU, about 15 minutes on 2 cores): data, tfds build,
+# The main job on a generated synthetic sample (CPU, about 7 minutes on 2 cores): data, tfds build,
 # train, evaluate.
 demo: install
 	$(VENV)/bin/maskrcnn demo $(ARGS)

@@ -2,7 +2,7 @@
 
     make demo          # generates the sample, builds it with the tfds builder, trains, evaluates
 
-Sized to train on 2 CPU cores (about 15 minutes here, experiments/results/demo.md); not a model to use on
+Sized to train on 2 CPU cores (about 7 minutes here, experiments/results/demo.md); not a model to use on
 real slides.
 """
 
