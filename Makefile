@@ -87,10 +87,12 @@ bench-input: install
 bench-model: install
 	$(PY) experiments/bench_model.py
 
-# Not part of `make bench`: downloads torch and torchvision (the optional `peer` extra) to time them.
-bench-peer: install
-	$(PY) -m pip install --quiet -e '.[peer]'
-	$(PY) experiments/bench_peer.py $(ARGS)
+# Not part of `make bench`: downloads torch and torchvision (the optional `peer` extra) to time them, into
+# a venv of their own: with torch in .venv, a `make test` worker that loads torch beside XLA crashed.
+bench-peer:
+	$(MAKE) install VENV=.venv-peer
+	.venv-peer/bin/python -m pip install --quiet -e '.[peer]'
+	.venv-peer/bin/python experiments/bench_peer.py $(ARGS)
 
 # Whole-slide path against the model alone, tiles per second (tiny preset; ARGS="--config fast" on a GPU).
 bench-slide: install

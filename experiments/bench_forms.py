@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -65,18 +64,15 @@ def timings(fn, *args):
     import jax
     import jax.numpy as jnp
 
-    def median_ms(f):
-        jax.block_until_ready(f(*args))
-        times = []
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            jax.block_until_ready(f(*args))
-            times.append(time.perf_counter() - start)
-        return 1000 * statistics.median(times)
+    from experiments.bench_ops import median_seconds
 
     forward = jax.jit(fn)
     both = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.square(fn(*a))), argnums=tuple(range(len(args)))))
-    return median_ms(forward), median_ms(both), forward(*args)
+    return (
+        1000 * median_seconds(forward, *args, repeats=REPEATS),
+        1000 * median_seconds(both, *args, repeats=REPEATS),
+        forward(*args),
+    )
 
 
 def main():

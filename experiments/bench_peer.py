@@ -150,9 +150,20 @@ def theirs(config, repeats: int) -> dict:
 
     def label_map(out, threshold=0.5):  # as ours: the highest-scoring detection owns a pixel
         masks = out["masks"][:, 0] > threshold  # detections come sorted by score
+        if not masks.shape[0]:
+            return torch.zeros(masks.shape[1:], dtype=torch.long)
         rank = torch.arange(masks.shape[0], 0, -1, dtype=torch.float32)[:, None, None]
-        owner = (masks * rank).argmax(0) if masks.shape[0] else torch.zeros(masks.shape[1:], dtype=torch.long)
-        return torch.where(masks.any(0), owner + 1, 0) if masks.shape[0] else owner
+        return torch.where(masks.any(0), (masks * rank).argmax(0) + 1, 0)
+
+    def first_and_median(fn):
+        """(seconds of the first call, its result, median seconds of the next ``repeats`` calls)."""
+
+        def seconds():
+            start = time.perf_counter()
+            return fn(), time.perf_counter() - start
+
+        result, first = seconds()
+        return first, result, statistics.median(seconds()[1] for _ in range(repeats))
 
     def infer():
         with torch.inference_mode():
@@ -160,14 +171,7 @@ def theirs(config, repeats: int) -> dict:
             return label_map(out), len(out["scores"])
 
     model.eval()
-    start = time.perf_counter()
-    _, found = infer()
-    first_infer = time.perf_counter() - start
-    infer_times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        infer()
-        infer_times.append(time.perf_counter() - start)
+    first_infer, (_, found), infer_s = first_and_median(infer)
 
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -181,24 +185,17 @@ def theirs(config, repeats: int) -> dict:
         optimizer.step()
         return float(loss.detach())
 
-    start = time.perf_counter()
-    loss = step()
-    first_train = time.perf_counter() - start
-    train_times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        train_times.append(time.perf_counter() - start)
+    first_train, loss, train_s = first_and_median(step)
     import torchvision
 
     return {
         "version": f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"{torch.get_num_threads()} threads",
         "first_infer_s": first_infer,
-        "infer_per_image_s": statistics.median(infer_times),
+        "infer_per_image_s": infer_s,
         "detections_per_image": float(found),
         "first_train_s": first_train,
-        "train_step_per_image_s": statistics.median(train_times) / batch,
+        "train_step_per_image_s": train_s / batch,
         "loss_finite": bool(np.isfinite(loss)),
     }
 
