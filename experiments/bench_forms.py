@@ -277,8 +277,9 @@ def main():
 
 NOTES = """
 The per-tap kernel gradient of the convolution rows was put into every convolution of the model and the
-whole `fast` train step timed against XLA's gradient (`python experiments/bench_forms.py --step-table`,
-2026-12-03, two processes each, alternating): 3.13 and 3.55 s per image with it, 3.89 and 3.14 s without;
+whole `fast` train step timed against XLA's gradient (the comparison `python experiments/bench_forms.py
+--step-table` makes, here from its first version, a Conv2D subclass; 2026-12-03, two processes each,
+alternating): 3.13 and 3.55 s per image with it, 3.89 and 3.14 s without;
 compile 46 and 43 s against 40 and 42 s; inference, the same forward convolution, 1.62 and 1.99 s against
 1.33 and 1.32 s. The gain of the wide rows above is lost in the step (the 3x3 convolutions
 of the ResNet stages, at 64 channels, run slower this way) and within this machine's noise, so the model
