@@ -105,15 +105,14 @@ def tap_conv(x, kernel, strides=(1, 1), padding="same"):
 
 
 def whole_step(tap: bool) -> dict:
-    """Compile, train-step and inference times of `fast` (``bench_model.whole_program``), every
+    """``bench_xla_flags.fast_figures`` (compile, train-step and inference times of `fast`), every
     ``keras.layers.Conv2D`` of the model taking ``tap_conv``'s kernel gradient if ``tap``."""
     import importlib
 
     importlib.import_module("maskrcnn")  # first: it selects Keras' JAX backend
     import keras
 
-    from experiments.bench_model import whole_program
-    from maskrcnn.config import load_config
+    from experiments.bench_xla_flags import fast_figures
 
     if tap:
         plain = keras.layers.Conv2D.convolution_op
@@ -124,23 +123,20 @@ def whole_step(tap: bool) -> dict:
             return tap_conv(inputs, keras.ops.convert_to_tensor(kernel), self.strides, self.padding)
 
         keras.layers.Conv2D.convolution_op = convolution_op
-    figures = whole_program(load_config("fast"), 3)
-    return {k: figures[k] for k in ("compile_train_s", "train_step_per_image_s", "infer_per_image_s")}
+    return fast_figures()
 
 
 def step_table(rounds: int = 2) -> None:
     """``whole_step`` with and without the per-tap gradient, alternating, each in its own process."""
-    import json
-    import subprocess
+    from experiments.bench_xla_flags import in_child
 
-    print("| convolution gradient | compile (s) | train step (s / image) | inference (s / image) |")
+    print(
+        "| convolution gradient | compile train step (s) | train step (s / image) | inference (s / image) |"
+    )
     print("|---|---:|---:|---:|")
     for _ in range(rounds):
         for form in ("xla", "tap"):
-            out = subprocess.run(
-                [sys.executable, __file__, "--step", form], check=True, capture_output=True, text=True
-            ).stdout
-            f = json.loads(out.strip().splitlines()[-1])
+            f = in_child([__file__, "--step", form])
             print(
                 f"| {form} | {f['compile_train_s']:.1f} | {f['train_step_per_image_s']:.2f} "
                 f"| {f['infer_per_image_s']:.2f} |",
@@ -277,13 +273,12 @@ def main():
 
 NOTES = """
 The per-tap kernel gradient of the convolution rows was put into every convolution of the model and the
-whole `fast` train step timed against XLA's gradient (the comparison `python experiments/bench_forms.py
---step-table` makes, here from its first version, a Conv2D subclass; 2026-12-03, two processes each,
-alternating): 3.13 and 3.55 s per image with it, 3.89 and 3.14 s without;
-compile 46 and 43 s against 40 and 42 s; inference, the same forward convolution, 1.62 and 1.99 s against
-1.33 and 1.32 s. The gain of the wide rows above is lost in the step (the 3x3 convolutions
-of the ResNet stages, at 64 channels, run slower this way) and within this machine's noise, so the model
-keeps Keras' own convolution.
+whole `fast` train step timed against XLA's gradient (`python experiments/bench_forms.py --step-table`,
+2026-12-03, two processes each, alternating, the machine otherwise idle): 4.93 and 4.48 s per image
+with it, 3.54 and 3.82 s without; compile 55.5 and 49.0 s against 44.9 and 43.8 s; inference, the same
+forward convolution, 1.90 and 1.27 s against 1.63 and 2.01 s. The gain of the wide rows above is lost
+in the step (the 3x3 convolutions of the ResNet stages, at 64 channels, run slower this way): the step
+is 1.3x slower with it, so the model keeps Keras' own convolution.
 """
 
 

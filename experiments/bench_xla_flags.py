@@ -33,13 +33,21 @@ OPTIONS = [  # (name, XLA_FLAGS)
 FIGURES = ("compile_train_s", "train_step_per_image_s", "compile_infer_s", "infer_per_image_s")
 
 
-def one() -> dict:
-    """The figures of this process (its XLA_FLAGS already set)."""
+def fast_figures() -> dict:
+    """``FIGURES`` of ``bench_model.whole_program`` on `fast`, measured in this process."""
     from experiments.bench_model import whole_program
     from maskrcnn.config import load_config
 
     figures = whole_program(load_config("fast"), repeats=3)
     return {k: figures[k] for k in FIGURES}
+
+
+def in_child(argv: list[str], env: dict | None = None) -> dict:
+    """Run ``python *argv`` in a process of its own and return the JSON object its last line prints."""
+    out = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # Written from the 2026-12-03 run; rewrite it when the figures change.
@@ -58,13 +66,7 @@ def main() -> None:
 
     runs: dict[str, list[dict]] = {name: [] for name, _ in OPTIONS}
     for name, flags in [*OPTIONS, *reversed(OPTIONS)]:
-        env = {**os.environ, "XLA_FLAGS": flags}
-        out = subprocess.run(
-            [sys.executable, __file__, "--one"], env=env, capture_output=True, text=True, check=False
-        )
-        if out.returncode:
-            raise SystemExit(f"{name} ({flags}) failed:\n{out.stderr[-3000:]}")
-        runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs[name].append(in_child([__file__, "--one"], env={**os.environ, "XLA_FLAGS": flags}))
         print(name, runs[name][-1], flush=True)
 
     def both(name, key, digits):
@@ -95,6 +97,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--one"]:
-        print(json.dumps(one()))
+        print(json.dumps(fast_figures()))
     else:
         main()
