@@ -24,6 +24,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from maskrcnn.ops import multilevel_roi_align, nms, roi_align  # noqa: E402
+from maskrcnn.ops.nms import TILE  # noqa: E402
+
+TILES = (64, 128, 256, 512)  # our NMS's tile sizes timed; TILE is the default
 
 NOTES = """
 Notes:
@@ -63,29 +66,55 @@ def proposal_like_boxes(rng, n):
     return boxes.astype(np.float32), rng.uniform(0, 1, n).astype(np.float32)
 
 
+def interleaved_medians(fns, *args, repeats=25):
+    """Median seconds of each jitted function, timed in turn within each round (so drift hits all alike)."""
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args))  # compile
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def nms_rows(rng):
+    """Rows of the main table, and our NMS's time by tile size: {boxes: {tile: seconds}}."""
     from keras_cv.src.layers.object_detection.non_max_suppression import non_max_suppression as cv_nms
     from keras_hub.src.layers.modeling.non_max_supression import non_max_suppression as hub_nms
 
-    ours = jax.jit(lambda b, s: nms(b, s, iou_threshold=0.7, max_output_size=1000))
+    fns = {
+        tile: jax.jit(
+            lambda b, s, tile=tile: nms(b, s, iou_threshold=0.7, max_output_size=1000, tile_size=tile)
+        )
+        for tile in TILES
+    }
     # Theirs take a batch axis and a score threshold; -1 keeps every box, as ours does.
-    hub = jax.jit(lambda b, s: hub_nms(b[None], s[None], 1000, iou_threshold=0.7, score_threshold=-1.0))
-    cv = jax.jit(lambda b, s: cv_nms(b[None], s[None], 1000, iou_threshold=0.7, score_threshold=-1.0))
-    rows = []
+    others = {
+        "keras-hub 0.32 non_max_suppression": hub_nms,
+        "keras-cv 0.9 non_max_suppression": cv_nms,
+    }
+    for name, fn in others.items():
+        fns[name] = jax.jit(
+            lambda b, s, fn=fn: fn(b[None], s[None], 1000, iou_threshold=0.7, score_threshold=-1.0)
+        )
+    rows, by_tile = [], {}
     for n in (1000, 6000):
         boxes, scores = proposal_like_boxes(rng, n)
-        idx, num = ours(boxes, scores)
+        idx, num = fns[TILE](boxes, scores)
         kept = np.asarray(idx)[: int(num)]
-        t_ours = median_seconds(ours, boxes, scores)
-        for name, fn in (
-            ("keras-hub 0.32 non_max_suppression", hub),
-            ("keras-cv 0.9 non_max_suppression", cv),
-        ):
-            their_idx, their_num = fn(boxes, scores)
+        seconds = interleaved_medians(fns, boxes, scores)
+        by_tile[n] = {tile: seconds[tile] for tile in TILES}
+        for tile in TILES:
+            tile_idx, _ = fns[tile](boxes, scores)
+            assert np.array_equal(np.asarray(tile_idx), np.asarray(idx)), f"tile {tile} changed the result"
+        for name in others:
+            their_idx, their_num = fns[name](boxes, scores)
             same = np.array_equal(np.asarray(their_idx)[0, : int(their_num[0])], kept)
-            t = median_seconds(fn, boxes, scores)
-            rows.append((f"NMS, {n} boxes, IoU 0.7, 1000 kept", name, t_ours, t, "yes" if same else "no"))
-    return rows
+            case = f"NMS, {n} boxes, IoU 0.7, 1000 kept"
+            rows.append((case, name, seconds[TILE], seconds[name], "yes" if same else "no"))
+    return rows, by_tile
 
 
 def roi_rows(rng):
@@ -144,13 +173,14 @@ def _with_grad(fn):
 
 def main():
     rng = np.random.default_rng(0)
-    rows = nms_rows(rng) + roi_rows(rng)
+    rows, by_tile = nms_rows(rng)
+    rows += roi_rows(rng)
     cpu = platform.processor() or platform.machine()
     lines = [
         "# Ops speed: ours against keras-hub and keras-cv (JAX backend)",
         "",
-        "Made by `make bench-ops` (`python experiments/bench_ops.py`); medians of 7 jitted runs after a "
-        "warm-up.",
+        "Made by `make bench-ops` (`python experiments/bench_ops.py`); medians of jitted runs after a "
+        "warm-up (NMS: 25 rounds, each timing every NMS in turn; ROIAlign: 7 runs).",
         f"Machine: {os.cpu_count()} CPU cores ({cpu}), jax {jax.__version__} on {jax.default_backend()}, "
         f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}.",
         "",
@@ -161,6 +191,15 @@ def main():
         theirs_ms = "-" if np.isnan(theirs) else f"{theirs * 1e3:.1f}"
         ratio = "-" if np.isnan(theirs) else f"{mine / theirs:.2f}"
         lines.append(f"| {case} | {other} | {mine * 1e3:.1f} | {theirs_ms} | {ratio} | {same} |")
+    lines += [
+        "",
+        f"Our NMS by tile size (ms, same rounds; the default is {TILE}; every size keeps the same boxes):",
+        "",
+        "| boxes | " + " | ".join(f"tile {t}" for t in TILES) + " |",
+        "|---:|" + "---:|" * len(TILES),
+    ]
+    for n, seconds in by_tile.items():
+        lines.append(f"| {n} | " + " | ".join(f"{seconds[t] * 1e3:.2f}" for t in TILES) + " |")
     lines.append(NOTES)
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:

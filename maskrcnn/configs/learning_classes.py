@@ -1,6 +1,7 @@
 """The learning benchmark's five-class model: `learning` for all five PanNuke classes.
 
-    make bench-learning DATA=/path/to/consep_train ARGS="--config learning_classes --out experiments/results/learning_classes.md"
+    make bench-learning DATA=/path/to/consep_train \
+        ARGS="--config learning_classes --out experiments/results/learning_classes.md"
 
 The same network, data, detection recipe and schedule as `learning` (batch norm trained, three anchor
 octaves, ATSS, per-level proposals, stain jitter); it differs only in the classes: the `all_classes`

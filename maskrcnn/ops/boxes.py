@@ -26,14 +26,18 @@ def box_area(boxes):
 def pairwise_iou(boxes_a, boxes_b):
     """Intersection over union of every pair: float (N, 4) and (M, 4) yxyx -> float32 (N, M).
 
-    A pair whose union is empty (two zero-area boxes) has IoU 0.
+    A pair whose union is empty (two zero-area boxes) has IoU 0. Computed from the four coordinate
+    columns, (N, 1) against (1, M), so that every step is an elementwise op over the (N, M) plane: the
+    same arithmetic as slicing (N, M, 2) corner pairs, bit for bit, but vectorised along M, 3x faster
+    inside NMS's loops on the CPU (experiments/results/ops.md).
     """
-    a = boxes_a.astype(jnp.float32)[:, None, :]
-    b = boxes_b.astype(jnp.float32)[None, :, :]
-    top_left = jnp.maximum(a[..., :2], b[..., :2])
-    bottom_right = jnp.minimum(a[..., 2:], b[..., 2:])
-    inter = jnp.prod(jnp.maximum(bottom_right - top_left, 0.0), axis=-1)
-    union = box_area(a) + box_area(b) - inter
+    boxes_a, boxes_b = boxes_a.astype(jnp.float32), boxes_b.astype(jnp.float32)
+    ay1, ax1, ay2, ax2 = (c[:, None] for c in jnp.moveaxis(boxes_a, -1, 0))
+    by1, bx1, by2, bx2 = (c[None, :] for c in jnp.moveaxis(boxes_b, -1, 0))
+    inter = jnp.maximum(jnp.minimum(ay2, by2) - jnp.maximum(ay1, by1), 0.0) * jnp.maximum(
+        jnp.minimum(ax2, bx2) - jnp.maximum(ax1, bx1), 0.0
+    )
+    union = box_area(boxes_a)[:, None] + box_area(boxes_b)[None, :] - inter
     return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
 
 
