@@ -127,7 +127,7 @@ def cmd_anchors(args):
         + (
             f" {m.rpn_positive_iou}/{m.rpn_negative_iou}"
             if m.rpn_assignment == "iou"
-            else f" k={m.atss_topk}"
+            else f" k={m.atss_topk} {m.atss_candidates}"
         )
         + f", {config.data.image_size} px"
     )

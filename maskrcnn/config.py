@@ -93,6 +93,9 @@ class ModelConfig:
     rpn_positive_iou: float = 0.7  # Faster R-CNN's RPN thresholds
     rpn_negative_iou: float = 0.3
     atss_topk: int = 9  # the ATSS paper's k
+    # "anchors": the atss_topk nearest anchors a level (Alg. 1 as written); "locations": every anchor of
+    # the atss_topk nearest locations, atss_topk * anchors per location a level (the authors' code).
+    atss_candidates: str = "anchors"
     rpn_nms_threshold: float = 0.7
     rpn_train_anchors_per_image: int = 256  # Matterport RPN_TRAIN_ANCHORS_PER_IMAGE
     pre_nms_limit: int = 6000  # Matterport PRE_NMS_LIMIT
@@ -325,6 +328,12 @@ def validate(config: Config) -> list[str]:
             value,
             "must be non-empty and positive",
         )
+    rule(
+        m.atss_candidates in ("anchors", "locations"),
+        "model.atss_candidates",
+        m.atss_candidates,
+        "must be 'anchors' or 'locations'",
+    )
     rule(
         m.rpn_assignment in ("iou", "atss"),
         "model.rpn_assignment",

@@ -54,6 +54,8 @@ def assign_anchors(
     negative_iou: float = 0.3,
     topk: int = 9,
     level_sizes: tuple[int, ...] | None = None,
+    atss_candidates: str = "anchors",
+    anchors_per_location: int = 1,
     ignore_boxes=None,
     ignore_valid=None,
 ):
@@ -64,13 +66,20 @@ def assign_anchors(
     ``rule="atss"`` (Zhang et al. 2020, Alg. 1): for each box, the ``topk`` anchors of each level whose
     centres are nearest its centre are candidates; those whose IoU is at least the candidates' mean + std
     (unbiased, as the authors' code) and whose centre lies inside the box are positive, matched to the box
-    of highest IoU. Either way an anchor is negative when its best IoU is below ``negative_iou`` and it is
-    not positive; anchors at IoU >= ``negative_iou`` with an ignored box (ground truth left out by the
+    of highest IoU. ``atss_candidates="anchors"`` takes ``topk`` anchors a level, as Alg. 1 is written (with
+    several anchors a location, that is the nearest ``topk / anchors_per_location`` locations);
+    ``"locations"`` takes every anchor of the ``topk`` nearest locations, ``topk * anchors_per_location``
+    a level, as the authors' code does (``TOPK * num_anchors_per_loc``). Anchors must be ordered
+    location-major (``maskrcnn.ops.anchors``), ``anchors_per_location`` of them a location.
+
+    Either way an anchor is negative when its best IoU is below ``negative_iou`` and it is not positive;
+    anchors at IoU >= ``negative_iou`` with an ignored box (ground truth left out by the
     input pipeline) are not negatives, so a nucleus without a slot is never taught as background.
 
     Args:
       anchors: float32 (A, 4) yxyx pixels; gt_boxes: float32 (M, 4); gt_valid: bool (M,).
       level_sizes: anchors per FPN level, in the order of ``anchors`` (needed by "atss").
+      atss_candidates: "anchors" or "locations" (see above); anchors_per_location: for "locations".
       ignore_boxes: optional float32 (G, 4) with ignore_valid bool (G,).
 
     Returns:
@@ -98,13 +107,23 @@ def assign_anchors(
             )
         a_centre = (anchors[:, :2] + anchors[:, 2:]) / 2
         g_centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
-        dist = jnp.sum((a_centre[:, None, :] - g_centre[None, :, :]) ** 2, axis=-1)  # (A, M)
         columns = jnp.arange(gt_boxes.shape[0])[:, None]
         candidate = jnp.zeros(iou.shape, bool)
         first = 0
         for size in level_sizes:
-            _, nearest = jax.lax.top_k(-dist[first : first + size].T, min(topk, size))  # (M, k)
-            candidate = candidate.at[first + nearest, columns].set(True)
+            if atss_candidates == "locations":
+                if size % anchors_per_location:
+                    raise ValueError(f"a level of {size} anchors is not {anchors_per_location} a location")
+                centres = a_centre[first : first + size : anchors_per_location]  # one per location
+                group = anchors_per_location
+            elif atss_candidates == "anchors":
+                centres, group = a_centre[first : first + size], 1
+            else:
+                raise ValueError(f"atss_candidates must be 'anchors' or 'locations', got {atss_candidates!r}")
+            dist = jnp.sum((g_centre[:, None, :] - centres[None, :, :]) ** 2, axis=-1)  # (M, locations)
+            _, nearest = jax.lax.top_k(-dist, min(topk, centres.shape[0]))  # (M, k)
+            members = (nearest[:, :, None] * group + jnp.arange(group)).reshape(nearest.shape[0], -1)
+            candidate = candidate.at[first + members, columns].set(True)
             first += size
         count = candidate.sum(axis=0)
         mean = jnp.sum(jnp.where(candidate, iou, 0.0), axis=0) / count

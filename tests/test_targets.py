@@ -55,8 +55,9 @@ def test_anchors_near_an_ignored_nucleus_are_not_negatives():
     assert negative.tolist() == [False, True, False]
 
 
-def _atss_loop(anchors, gt, level_sizes, k):
-    """ATSS (Zhang et al. 2020, Algorithm 1) written out box by box."""
+def _atss_loop(anchors, gt, level_sizes, k, per_location=1):
+    """ATSS (Zhang et al. 2020, Algorithm 1) written out box by box; with ``per_location`` > 1 the
+    candidates are every anchor of the k nearest locations (the authors' ``TOPK * num_anchors_per_loc``)."""
     anchors, gt = np.asarray(anchors, np.float64), np.asarray(gt, np.float64)
     iou = np.asarray(pairwise_iou(anchors, gt), np.float64)
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
@@ -65,8 +66,10 @@ def _atss_loop(anchors, gt, level_sizes, k):
         centre = (box[:2] + box[2:]) / 2
         candidates, first = [], 0
         for size in level_sizes:
-            dist = np.sum((centres[first : first + size] - centre) ** 2, axis=1)
-            candidates += list(first + np.argsort(dist, kind="stable")[:k])
+            locations = centres[first : first + size : per_location]
+            dist = np.sum((locations - centre) ** 2, axis=1)
+            for location in np.argsort(dist, kind="stable")[:k]:
+                candidates += [first + location * per_location + j for j in range(per_location)]
             first += size
         values = iou[candidates, g]
         threshold = values.mean() + values.std(ddof=1)
@@ -80,7 +83,8 @@ def _atss_loop(anchors, gt, level_sizes, k):
     return positive, matched
 
 
-def test_atss_matches_the_algorithm_written_out():
+@pytest.mark.parametrize("candidates", ["anchors", "locations"])
+def test_atss_matches_the_algorithm_written_out(candidates):
     rng = np.random.default_rng(0)
     size, strides = (64, 64), (4, 8, 16)
     anchors = generate_anchors(size, strides=strides, scales=(8, 16, 32), ratios=(0.5, 1.0, 2.0))
@@ -96,11 +100,27 @@ def test_atss_matches_the_algorithm_written_out():
         rule="atss",
         topk=9,
         level_sizes=level_sizes,
+        atss_candidates=candidates,
+        anchors_per_location=3,
     )
-    want_positive, want_matched = _atss_loop(anchors, gt[valid], level_sizes, 9)
+    per_location = 3 if candidates == "locations" else 1
+    want_positive, want_matched = _atss_loop(anchors, gt[valid], level_sizes, 9, per_location)
     np.testing.assert_array_equal(np.asarray(positive), want_positive)
     np.testing.assert_array_equal(np.asarray(matched)[want_positive], want_matched[want_positive])
     assert want_positive.sum() >= 5 and not np.any(np.asarray(positive) & np.asarray(negative))
+
+
+def test_atss_candidates_by_location_with_one_anchor_a_location_are_the_nearest_anchors():
+    size, strides = (64, 64), (4, 8)
+    anchors = jnp.asarray(generate_anchors(size, strides=strides, scales=(8, 16), ratios=(1.0,)))
+    level_sizes = tuple(anchors_per_level(size, strides, 1))
+    gt, valid = jnp.asarray([[10.0, 12.0, 30.0, 27.0], [40.0, 33.0, 52.0, 60.0]]), jnp.asarray([True, True])
+    kw = dict(rule="atss", topk=5, level_sizes=level_sizes)
+    by_anchor = targets.assign_anchors(anchors, gt, valid, atss_candidates="anchors", **kw)
+    by_location = targets.assign_anchors(anchors, gt, valid, atss_candidates="locations", **kw)
+    for a, b in zip(by_anchor, by_location, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.asarray(by_anchor[0]).sum() > 0
 
 
 def test_rpn_targets_never_sample_an_ignored_nucleus_as_background():

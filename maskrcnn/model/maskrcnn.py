@@ -391,6 +391,8 @@ def anchor_assignment(config: ModelConfig, size: tuple[int, int]) -> dict:
         "negative_iou": config.rpn_negative_iou,
         "topk": config.atss_topk,
         "level_sizes": anchor_level_sizes(config, size),
+        "atss_candidates": config.atss_candidates,
+        "anchors_per_location": len(config.anchor_octaves) * len(config.anchor_ratios),
     }
 
 
