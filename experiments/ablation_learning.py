@@ -61,6 +61,10 @@ COVERAGE = [
     ("3 octaves, IoU 0.5/0.3", [OCTAVES, "model.rpn_positive_iou=0.5"]),
     ("3 octaves, ATSS (the new `learning` and `fast`)", ANCHORS),
     (
+        "3 octaves, ATSS, 9 nearest locations (the ATSS authors' code)",
+        [*ANCHORS, "model.atss_candidates='locations'"],
+    ),
+    (
         "512 px (2x upscaled), scales 16-256, IoU 0.7/0.3",
         ["data.image_size=512", "model.anchor_scales=(16,32,64,128,256)"],
     ),
