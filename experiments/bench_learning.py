@@ -263,6 +263,18 @@ Training curves (`{info["curves"]}`, per-epoch mean of the logged training losse
         f.write(text)
 
 
+def command_line(args) -> str:
+    """The `make bench-learning` line that repeats this run (its ARGS: what differs from the defaults)."""
+    extra = [] if args.config == "learning" else ["--config", args.config]
+    extra += ["--epochs", str(args.epochs)] if args.epochs else []
+    extra += ["--name", args.name] if args.name else []
+    extra += [f"--set {s}" for s in args.set]
+    if os.path.abspath(args.out) != os.path.abspath(os.path.join(RESULTS, "learning.md")):
+        extra += ["--out", os.path.relpath(args.out)]
+    line = "make bench-learning DATA=" + os.path.abspath(args.data)
+    return line + (f' ARGS="{" ".join(extra)}"' if extra else "")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -387,7 +399,7 @@ def main(argv=None) -> int:
     )
     bn = "batch-norm statistics trained" if config.model.train_bn else "batch norm frozen"
     info = {
-        "command": "make bench-learning DATA=" + os.path.abspath(args.data),
+        "command": command_line(args),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
         "fold_sizes": {k: len(FoldSource(v, config.data.variant)) for k, v in folders.items()},
