@@ -8,8 +8,8 @@ import jax.numpy as jnp
 from maskrcnn.ops.boxes import pairwise_iou
 
 # Boxes are visited in tiles of this many: each tile is suppressed by the boxes kept in earlier tiles,
-# then resolved within itself by a short fixed-point iteration. 128 was the fastest of 64-512 on the CPU
-# (experiments/bench_ops.py); a GPU may prefer 256-512 (fewer loop iterations): pass tile_size.
+# then resolved within itself by a short fixed-point iteration. On the CPU tiles of 64-512 are within 30%
+# of each other (experiments/results/ops.md); a GPU may prefer 256-512 (fewer loop iterations).
 TILE = 128
 
 
@@ -64,8 +64,7 @@ def nms(boxes, scores, *, iou_threshold: float, max_output_size: int, tile_size:
         def cross(c_alive):
             c, alive = c_alive
             chunk = jax.lax.dynamic_slice_in_dim(kept_boxes, c * tile, tile)
-            # (kept chunk, tile), reduced over its major axis: vectorised along the tile on the CPU
-            # (reducing the minor axis instead made NMS 1.4x slower, experiments/results/ops.md).
+            # (kept chunk, tile), reduced over its major axis: vectorised along the tile on the CPU.
             overlap = (pairwise_iou(chunk, tile_boxes) > iou_threshold) & (
                 c * tile + jnp.arange(tile) < count
             )[:, None]
