@@ -134,12 +134,18 @@ What the stage tables said (`python experiments/bench_model.py fast`, this 2-cor
   (commit 3efb413; the same numbers, `experiments/results/forms.md`): train step 2.32 s per image,
   inference 1.59 s, compile 40.6 s + 11.0 s, in a later run the same day (the backbone, which did not
   change, also ran 1.4x faster in it: machine drift, so the same-run ratios of `forms.md` are the
-  measure of each change). ROI pooling is now the largest inference stage (41% for the box head's,
-  38% with the mask head's), which the ROIAlign rewrite of the same commit cuts 3.4-3.8x (`forms.md`;
-  not yet in a stage table here). The train step is led by the mask head's 3x3 convolutions (their
+  measure of each change). ROI pooling was then the largest inference stage (41% for the box head's,
+  38% with the mask head's), which the ROIAlign rewrite of the same commit cut 3.4-3.8x (`forms.md`).
+  The train step is led by the mask head's 3x3 convolutions (their
   CPU gradients cost 5x their forward) and the backbone's backward pass.
-- Against torchvision at the same shapes in one run (`make bench-peer`, `peer.md`): inference 1.10x
-  its time per image, train step 3.2x.
+- After the ROIAlign rewrite (2026-12-03, commit e54f389, measured alone): train step 3.80 s
+  per image, inference 2.27 s, compile 46.8 s + 29.3 s, on a slower day for this machine (the unchanged
+  backbone's inference 95 ms against 63 ms on 2026-12-02). Against the backbone in the same run, ROI
+  pooling for the box head went from 10.1x the backbone's inference time to 4.8x; the train step is
+  still led by the mask head's forward + backward (1.87 s of the 3.45 s the stages sum to) and the
+  backbone's backward.
+- Against torchvision at the same shapes in one run (`make bench-peer`, `peer.md`, 2026-12-02): inference
+  1.10x its time per image, train step 3.2x.
 """
 
 

@@ -107,20 +107,18 @@ def assign_anchors(
             )
         a_centre = (anchors[:, :2] + anchors[:, 2:]) / 2
         g_centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+        if atss_candidates not in ("anchors", "locations"):
+            raise ValueError(f"atss_candidates must be 'anchors' or 'locations', got {atss_candidates!r}")
+        # Candidates are picked in groups: every anchor of a location, or each anchor on its own.
+        group = anchors_per_location if atss_candidates == "locations" else 1
         columns = jnp.arange(gt_boxes.shape[0])[:, None]
         candidate = jnp.zeros(iou.shape, bool)
         first = 0
         for size in level_sizes:
-            if atss_candidates == "locations":
-                if size % anchors_per_location:
-                    raise ValueError(f"a level of {size} anchors is not {anchors_per_location} a location")
-                centres = a_centre[first : first + size : anchors_per_location]  # one per location
-                group = anchors_per_location
-            elif atss_candidates == "anchors":
-                centres, group = a_centre[first : first + size], 1
-            else:
-                raise ValueError(f"atss_candidates must be 'anchors' or 'locations', got {atss_candidates!r}")
-            dist = jnp.sum((g_centre[:, None, :] - centres[None, :, :]) ** 2, axis=-1)  # (M, locations)
+            if size % group:
+                raise ValueError(f"a level of {size} anchors is not {group} a location")
+            centres = a_centre[first : first + size : group]  # one per group
+            dist = jnp.sum((g_centre[:, None, :] - centres[None, :, :]) ** 2, axis=-1)  # (M, groups)
             _, nearest = jax.lax.top_k(-dist, min(topk, centres.shape[0]))  # (M, k)
             members = (nearest[:, :, None] * group + jnp.arange(group)).reshape(nearest.shape[0], -1)
             candidate = candidate.at[first + members, columns].set(True)
