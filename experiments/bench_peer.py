@@ -10,15 +10,23 @@ torchvision's ``MaskRCNN`` is built with the preset's shapes: the ResNet and its
 each level, the proposals kept, the sampled anchors and ROIs, ROIAlign 7x7 / 14x14 with two samples a
 bin, a 2 x ``box_head_width`` box head, four 3x3 convs of ``mask_head_width`` with batch norm then the
 2x2 deconvolution, the detection NMS threshold and the detection slots. Both run on the same synthetic
-images, one after the other (ours in a child process first, then torch with as many threads as the
-machine has cores).
+images, torch with as many threads as the machine has cores.
 
 Inference is timed at batch 1 (ours with label maps; theirs with masks pasted and label maps made the
 same way) at a score threshold of 0 and a detection NMS threshold of 1 (nothing suppressed), so that
 both fill their detection slots: random weights decide how many detections pass a real threshold and
 survive NMS (47 of torchvision's 256 at 0.3 in a trial), and its mask head's cost follows that count.
 The train step is one SGD step (momentum 0.9, weight decay 1e-4, gradients clipped at norm 5, every
-layer trained) on the preset's batch; per-image figures divide by it. Medians of the repeats after a warm-up.
+layer trained) on the preset's batch; per-image figures divide by it. Ours runs its mask head over a
+static round(train_rois_per_image * roi_positive_ratio) slots an image whatever number of them hold a
+positive; torchvision's runs over its positives only, which with random weights are few (mostly the
+ground truth it adds to the proposals). So torchvision's step is timed twice: with its own positives, and
+with background proposals promoted until it has as many positives as our slots (``fill_positives``), the
+same work as ours and the figure the goal is read from, as inference fills both sides' detection slots.
+After a first call of each, the calls of both models take turns over ``--rounds`` rounds (5), in one
+process each (ours in a child: torch and XLA in one process crashed); the figures are their medians.
+Two parts of the train step are also timed alone on both sides, forward + backward: the backbone with
+the FPN, and the mask head over the same-work ROIs; the rest of the step is the difference.
 """
 
 from __future__ import annotations
@@ -47,11 +55,110 @@ def peer_config(preset: str, overrides: list[str]):
     return apply_overrides(load_config(preset), [*fill, *overrides])
 
 
-def ours(preset: str, overrides: list[str], repeats: int) -> dict:
-    from experiments.bench_model import whole_program
+PROMPT = "@@ "  # the child's answers on stdout start with this; anything else there is passed over
 
-    whole = whole_program(peer_config(preset, overrides), repeats, infer_batch=1)
-    return {k: v for k, v in whole.items() if k not in ("model", "batch", "key")}
+
+def serve(preset: str, overrides: list[str]) -> None:
+    """The child process: compiles ours, prints its compile figures, then runs one call per command read
+    from stdin ("train", "infer", "backbone_fpn" or "mask_head") and prints its seconds; "done" prints
+    whether the loss stayed finite."""
+    from experiments.bench_model import compiled_programs
+
+    config = peer_config(preset, overrides)
+    p = compiled_programs(config, infer_batch=1)
+    p.update(our_parts(p["model"], p["batch"], mask_head_slots(config)))
+    keys = ("device", "compile_train_s", "compile_infer_s", "detections_per_image", "train_batch")
+
+    def answer(value):
+        print(PROMPT + json.dumps(value), flush=True)
+
+    answer({k: p[k] for k in keys})
+    for command in sys.stdin:
+        command = command.strip()
+        if command == "done":
+            answer({"loss_finite": p["loss_finite"]()})
+            return
+        answer(p[command]())
+
+
+def our_parts(model, batch, slots: int) -> dict:
+    """Two parts of our train step alone, forward + backward, jitted as ``experiments/stages.py`` times
+    them (gradients of the sum of the outputs): ``backbone_fpn`` on the batch's images (no image
+    gradient) and ``mask_head`` on random pooled features of ``slots`` ROIs an image (with their
+    gradient). Each runs one call and returns its seconds."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.stages import _forward_backward, _layer, _variables
+
+    cfg = model.config
+    images = (batch["image"].astype("float32") - jnp.asarray(cfg.pixel_mean, jnp.float32)).astype(
+        model.compute_dtype
+    )
+    backbone, fpn = _layer(model.backbone, training=cfg.train_bn), _layer(model.fpn, training=True)
+    (tb, nb), (tf, nf) = _variables(model.backbone), _variables(model.fpn)
+
+    def backbone_fpn(trainable, non_trainable, x):
+        return fpn(trainable[1], non_trainable[1], backbone(trainable[0], non_trainable[0], x))
+
+    size, channels = cfg.mask_pool_size, cfg.fpn_channels
+    pooled = jax.random.normal(jax.random.PRNGKey(1), (images.shape[0], slots, size, size, channels))
+    parts = {
+        "backbone_fpn": _forward_backward(backbone_fpn, (tb, tf), (nb, nf), [images], input_grads=False),
+        "mask_head": _forward_backward(
+            _layer(model.mask_head, training=True),
+            *_variables(model.mask_head),
+            [pooled.astype(model.compute_dtype)],
+        ),
+    }
+
+    def timer(fn, args):
+        jax.block_until_ready(fn(*args))  # the compile
+
+        def run() -> float:
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            return time.perf_counter() - start
+
+        return run
+
+    return {name: timer(*part) for name, part in parts.items()}
+
+
+class Ours:
+    """Our model in a child process (torch and XLA in one process crashed), driven one call at a time so
+    that its calls interleave with torchvision's."""
+
+    def __init__(self, preset: str, overrides: list[str]):
+        import tempfile
+
+        sets = [a for o in overrides for a in ("--set", o)]
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, preset, *sets, "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        self.figures = self._answer()
+
+    def _answer(self):
+        for line in self.proc.stdout:
+            if line.startswith(PROMPT):
+                return json.loads(line[len(PROMPT) :])
+        self.log.seek(0)
+        raise SystemExit(f"ours failed:\n{self.log.read()[-3000:]}")
+
+    def __call__(self, command: str):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def close(self) -> dict:
+        figures = self("done")
+        self.proc.wait()
+        return figures
 
 
 def examples(config, count: int) -> list[dict]:
@@ -128,9 +235,13 @@ def torchvision_model(config):
     return model
 
 
-def theirs(config, repeats: int) -> dict:
+def theirs(config) -> dict:
+    """torchvision's model on the same batch: ``infer()``, ``train()`` and ``train_filled()`` (the step
+    with as many positives as our mask-head slots, :func:`fill_positives`) each run one call and return
+    its seconds; beside them the first calls' seconds and what the calls saw."""
     import numpy as np
     import torch
+    import torchvision
 
     torch.set_num_threads(os.cpu_count())
     batch = config.train.batch_size
@@ -155,49 +266,101 @@ def theirs(config, repeats: int) -> dict:
         rank = torch.arange(masks.shape[0], 0, -1, dtype=torch.float32)[:, None, None]
         return torch.where(masks.any(0), (masks * rank).argmax(0) + 1, 0)
 
-    def first_and_median(fn):
-        """(seconds of the first call, its result, median seconds of the next ``repeats`` calls)."""
+    seen = {"detections": [], "mask_rois": {False: [], True: []}, "losses": []}
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    slots = mask_head_slots(config)
+    fill_positives(model.roi_heads, 0)
 
-        def seconds():
+    def count_mask_rois(_module, _inputs, pooled):
+        if model.training:
+            seen["mask_rois"][bool(model.roi_heads.fill_count)].append(pooled.shape[0] / batch)
+
+    model.roi_heads.mask_roi_pool.register_forward_hook(count_mask_rois)
+
+    def seconds(fn):
+        def run() -> float:
             start = time.perf_counter()
-            return fn(), time.perf_counter() - start
+            fn()
+            return time.perf_counter() - start
 
-        result, first = seconds()
-        return first, result, statistics.median(seconds()[1] for _ in range(repeats))
+        return run
 
+    @seconds
     def infer():
+        model.eval()
         with torch.inference_mode():
             out = model([images[0]])[0]
-            return label_map(out), len(out["scores"])
+            label_map(out)
+        seen["detections"].append(len(out["scores"]))
 
-    model.eval()
-    first_infer, (_, found), infer_s = first_and_median(infer)
-
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-
-    def step():
+    def step(fill: int):
+        model.train()
+        model.roi_heads.fill_count = fill
         losses = model(images, targets)
         loss = sum(losses.values())
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        return float(loss.detach())
+        seen["losses"].append(float(loss.detach()))
 
-    first_train, loss, train_s = first_and_median(step)
-    import torchvision
+    train, train_filled = seconds(lambda: step(0)), seconds(lambda: step(slots))
+    batched = torch.stack(images)
+    pooled = torch.randn(batch * slots, config.model.fpn_channels, *(2 * [config.model.mask_pool_size]))
+    pooled.requires_grad_(True)
 
+    def backward(fn):  # as our_parts: the gradient of the sum of the outputs, in training mode
+        def run():
+            model.train()
+            model.zero_grad()
+            sum(o.sum() for o in fn()).backward()
+
+        return seconds(run)
+
+    backbone_fpn = backward(lambda: model.backbone(batched).values())
+    mask_head = backward(lambda: [model.roi_heads.mask_predictor(model.roi_heads.mask_head(pooled))])
     return {
         "version": f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"{torch.get_num_threads()} threads",
-        "first_infer_s": first_infer,
-        "infer_per_image_s": infer_s,
-        "detections_per_image": float(found),
-        "first_train_s": first_train,
-        "train_step_per_image_s": train_s / batch,
-        "loss_finite": bool(np.isfinite(loss)),
+        "infer": infer,
+        "train": train,
+        "train_filled": train_filled,
+        "backbone_fpn": backbone_fpn,
+        "mask_head": mask_head,
+        "seen": seen,
     }
+
+
+def mask_head_slots(config) -> int:
+    """ROIs per image our train step runs the mask head over: its static positive slots, however many of
+    them hold a positive (``MaskRCNN.losses``)."""
+    return int(round(config.model.train_rois_per_image * config.model.roi_positive_ratio))
+
+
+def fill_positives(roi_heads, count: int) -> None:
+    """Make torchvision's ROI sampling label at least ``count`` proposals of each image foreground
+    (``roi_heads.fill_count``, which can be changed later; 0: its own labels), so that its box and mask
+    heads do the work of our static shapes: with random weights few proposals overlap a nucleus (16 an
+    image of the 84 slots on 2026-12-03's synthetic batch), and torchvision's mask head runs over the
+    positives only. Background proposals, in the RPN's order, are promoted to the class of the ground truth
+    they overlap most; the sampler then draws its positives and fills the rest with background as before."""
+    import torch
+
+    roi_heads.fill_count = count
+    if hasattr(roi_heads, "assign_unfilled"):
+        return
+    roi_heads.assign_unfilled = roi_heads.assign_targets_to_proposals
+
+    def assign_filled(proposals, gt_boxes, gt_labels):
+        matched, labels = roi_heads.assign_unfilled(proposals, gt_boxes, gt_labels)
+        for index, label, classes in zip(matched, labels, gt_labels, strict=True):
+            short = roi_heads.fill_count - int((label > 0).sum())
+            if short > 0 and classes.numel():
+                promote = torch.where(label == 0)[0][:short]
+                label[promote] = classes[index[promote]].to(label.dtype)
+        return matched, labels
+
+    roi_heads.assign_targets_to_proposals = assign_filled
 
 
 def report(preset: str, overrides: list[str], a: dict, b: dict, config) -> str:
@@ -205,8 +368,22 @@ def report(preset: str, overrides: list[str], a: dict, b: dict, config) -> str:
 
     m = config.model
     infer_ratio = a["infer_per_image_s"] / b["infer_per_image_s"]
-    train_ratio = a["train_step_per_image_s"] / b["train_step_per_image_s"]
+    own_ratio = a["train_step_per_image_s"] / b["train_step_per_image_s"]
+    train_ratio = a["train_step_per_image_s"] / b["filled_train_step_per_image_s"]
+    slots = mask_head_slots(config)
     sets = "".join(f" --set {o}" for o in overrides)
+
+    ours_parts = {k: a[f"{k}_per_image_s"] for k in ("backbone_fpn", "mask_head")}
+    theirs_parts = {k: b[f"{k}_per_image_s"] for k in ("backbone_fpn", "mask_head")}
+    ours_parts["rest"] = a["train_step_per_image_s"] - sum(ours_parts.values())
+    theirs_parts["rest"] = b["filled_train_step_per_image_s"] - sum(theirs_parts.values())
+
+    def row(what, key):
+        x, y = ours_parts[key], theirs_parts[key]
+        return f"| {what} | {x:.3f} s | {y:.3f} s | {x / y:.2f} |"
+
+    def spread(ratios):
+        return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
     def goal(ratio, key):
         return f"{'met' if ratio <= GOALS[key] else 'not met'} (goal at most {GOALS[key]})"
@@ -232,53 +409,121 @@ def report(preset: str, overrides: list[str], a: dict, b: dict, config) -> str:
             f"| {b['infer_per_image_s']:.3f} s | **{infer_ratio:.2f}** |",
             f"| detections per image in that run | {a['detections_per_image']:.0f} "
             f"| {b['detections_per_image']:.0f} | |",
-            f"| train step per image (batch {config.train.batch_size}, every layer) "
-            f"| {a['train_step_per_image_s']:.3f} s | {b['train_step_per_image_s']:.3f} s "
-            f"| **{train_ratio:.2f}** |",
+            f"| train step per image (batch {config.train.batch_size}, every layer), same work: "
+            f"{slots} ROIs an image through our mask head, {b['filled_mask_rois_per_image']:.1f} through "
+            f"theirs | {a['train_step_per_image_s']:.3f} s "
+            f"| {b['filled_train_step_per_image_s']:.3f} s | **{train_ratio:.2f}** |",
+            row("of which: backbone + FPN alone, forward + backward", "backbone_fpn"),
+            row(
+                f"of which: mask head alone over {slots} ROIs an image, forward + backward",
+                "mask_head",
+            ),
+            row("of which: the rest (same-work step less the two parts)", "rest"),
+            f"| the same, torchvision with its own positives: {b['mask_rois_per_image']:.1f} ROIs an image "
+            f"through its mask head, ours {slots} | {a['train_step_per_image_s']:.3f} s "
+            f"| {b['train_step_per_image_s']:.3f} s | {own_ratio:.2f} |",
             f"| first call: compile (ours) or warm-up (theirs), inference | {a['compile_infer_s']:.1f} s "
             f"| {b['first_infer_s']:.1f} s | |",
             f"| first call: compile (ours) or warm-up (theirs), train step | {a['compile_train_s']:.1f} s "
             f"| {b['first_train_s']:.1f} s | |",
             "",
-            f"Inference: {goal(infer_ratio, 'inference')}. Train step: {goal(train_ratio, 'train')}. "
+            f"Medians of {b['rounds']} rounds, each running every call once, ours and theirs in turn; "
+            f"the ratio within a round ranged {spread(b['round_ratios']['inference'])} at inference and "
+            f"{spread(b['round_ratios']['train'])} in the train step (same work).",
+            "",
+            f"Inference: {goal(infer_ratio, 'inference')}. Train step, same work: "
+            f"{goal(train_ratio, 'train')}. "
             f"Losses finite: ours {a['loss_finite']}, theirs {b['loss_finite']}.",
             "",
         ]
     )
 
 
+def measure(preset: str, overrides: list[str], rounds: int) -> tuple[dict, dict]:
+    """Both models' figures, their calls interleaved: each round runs ours' inference, theirs, ours'
+    train step, theirs with its own positives and theirs filled, so that the machine's drift (2.3x
+    between two days, 1.5x between two runs of one hour on this one) falls on both alike."""
+    config = peer_config(preset, overrides)
+    b = theirs(config)  # first: it refuses a backbone torchvision does not have
+    print(f"ours: {preset}, compiling ...", flush=True)
+    ours = Ours(preset, overrides)
+    print(ours.figures, flush=True)
+    print("torchvision: first calls ...", flush=True)
+    parts = ("backbone_fpn", "mask_head")
+    first = {name: b[name]() for name in ("infer", "train", "train_filled", *parts)}
+    names = (
+        "ours_infer",
+        "ours_train",
+        *(f"ours_{n}" for n in parts),
+        "infer",
+        "train",
+        "train_filled",
+        *parts,
+    )
+    times = {name: [] for name in names}
+    per_image = 1 / config.train.batch_size
+    for r in range(rounds):
+        times["ours_infer"].append(ours("infer"))
+        times["infer"].append(b["infer"]())
+        times["ours_train"].append(ours("train") * per_image)
+        times["train"].append(b["train"]() * per_image)
+        times["train_filled"].append(b["train_filled"]() * per_image)
+        for name in parts:
+            times[f"ours_{name}"].append(ours(name) * per_image)
+            times[name].append(b[name]() * per_image)
+        print(
+            f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()),
+            flush=True,
+        )
+    import numpy as np
+
+    median = {k: statistics.median(v) for k, v in times.items()}
+    seen = b["seen"]
+    a = {
+        **ours.figures,
+        **ours.close(),
+        "infer_per_image_s": median["ours_infer"],
+        "train_step_per_image_s": median["ours_train"],
+        **{f"{name}_per_image_s": median[f"ours_{name}"] for name in parts},
+    }
+    theirs_figures = {
+        "version": b["version"],
+        "first_infer_s": first["infer"],
+        "first_train_s": first["train"],
+        "infer_per_image_s": median["infer"],
+        "train_step_per_image_s": median["train"],
+        "filled_train_step_per_image_s": median["train_filled"],
+        **{f"{name}_per_image_s": median[name] for name in parts},
+        "detections_per_image": statistics.median(seen["detections"]),
+        "mask_rois_per_image": statistics.median(seen["mask_rois"][False]),
+        "filled_mask_rois_per_image": statistics.median(seen["mask_rois"][True]),
+        "loss_finite": bool(np.all(np.isfinite(seen["losses"]))),
+        "round_ratios": {
+            "inference": [x / y for x, y in zip(times["ours_infer"], times["infer"], strict=True)],
+            "train": [x / y for x, y in zip(times["ours_train"], times["train_filled"], strict=True)],
+        },
+        "rounds": rounds,
+    }
+    return a, theirs_figures
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("preset", nargs="?", default="fast")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)  # the child process
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
-    if args.ours_only:
-        print(json.dumps(ours(args.preset, args.overrides, args.repeats)))
+    if args.serve:
+        serve(args.preset, args.overrides)
         return
     try:
         import torchvision  # noqa: F401
     except ImportError:
         raise SystemExit('bench-peer needs torch and torchvision: pip install -e ".[peer]"') from None
-    sets = [a for o in args.overrides for a in ("--set", o)]
-    print(f"ours: {args.preset} ...", flush=True)
-    child = subprocess.run(
-        [sys.executable, __file__, args.preset, *sets, "--repeats", str(args.repeats), "--ours-only"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if child.returncode:
-        raise SystemExit(f"ours failed:\n{child.stderr[-3000:]}")
-    a = json.loads(child.stdout.strip().splitlines()[-1])
-    print(a, flush=True)
-    print("torchvision ...", flush=True)
-    config = peer_config(args.preset, args.overrides)
-    b = theirs(config, args.repeats)
-    print(b, flush=True)
-    text = report(args.preset, args.overrides, a, b, config)
+    a, b = measure(args.preset, args.overrides, args.rounds)
+    text = report(args.preset, args.overrides, a, b, peer_config(args.preset, args.overrides))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
