@@ -298,6 +298,9 @@ def main(argv=None):
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
+    from maskrcnn import compile_cache
+
+    compile_cache.enable()  # each program is compiled once per machine, not once per run
     try:
         return args.func(args)
     except USER_ERRORS as error:

@@ -5,3 +5,6 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 # optimisation level 0 compiles the CPU code about 40% faster (tests/train/test_step.py: 34 s against
 # 56 s). It changes how fast the code runs, not what it computes; benchmarks never set it.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# The command line turns on JAX's persistent compilation cache (maskrcnn.compile_cache); tests that call
+# it in-process must neither read nor fill the user's cache, and tests/test_compile_cache.py tests it.
+os.environ["MASKRCNN_COMPILE_CACHE"] = "off"
