@@ -186,14 +186,15 @@ What the stage tables said (`python experiments/bench_model.py fast`, this 2-cor
   32.8 s cold and 10.0 s warm (a second process with the persistent compilation cache the `maskrcnn`
   commands use: what remains is mostly tracing and lowering), inference 7.6 s and 1.3 s, on a slow day
   (the unchanged backbone's inference 135 ms, against 95 ms the same morning): the goal of a compile
-  under 30 s is met warm, not cold, in this run.
+  under 30 s is met warm, and cold in `peer.md`'s run (26.1 s) but not in this one.
 - Against torchvision at the same shapes, calls interleaved in one run (`make bench-peer`, `peer.md`,
-  2026-12-03): inference 0.91x its time per image, train step 1.71x at the same work (both mask heads
-  over 84 ROIs an image; 2.73x against torchvision's own 16 positives an image with random weights).
-  The train-step gap is spread over the step, not one stage: backbone + FPN forward + backward 1.93x,
-  the mask head 1.68x, the rest 1.65x, while the forward passes are on par; XLA's CPU convolution
-  gradients against torch's oneDNN ones. (2026-12-02's 1.10x and 3.2x ran ours and theirs one after the
-  other against torchvision's own positives.)
+  2026-12-03): inference 0.85x its time per image, train step 1.70x at the same work (both mask heads
+  over 84 ROIs an image; 2.72x against torchvision's own 16 positives an image with random weights).
+  The train-step gap is spread over the step, not one stage: backbone + FPN forward + backward 1.97x,
+  the mask head 1.58x, the rest 1.67x, while the forward passes are on par; XLA's CPU convolution
+  gradients against torch's oneDNN ones. Our cold compile of the train step was 26.1 s in that run.
+  (2026-12-02's 1.10x and 3.2x ran ours and theirs one after the other, against torchvision's own
+  positives.)
 """
 
 
