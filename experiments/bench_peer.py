@@ -238,7 +238,7 @@ def torchvision_model(config):
 def theirs(config) -> dict:
     """torchvision's model on the same batch: ``infer()``, ``train()`` and ``train_filled()`` (the step
     with as many positives as our mask-head slots, :func:`fill_positives`) each run one call and return
-    its seconds; beside them the first calls' seconds and what the calls saw."""
+    its seconds; beside them what the calls saw (``seen``: detections, mask-head ROIs, losses)."""
     import numpy as np
     import torch
     import torchvision
@@ -441,8 +441,9 @@ def report(preset: str, overrides: list[str], a: dict, b: dict, config) -> str:
 
 def measure(preset: str, overrides: list[str], rounds: int) -> tuple[dict, dict]:
     """Both models' figures, their calls interleaved: each round runs ours' inference, theirs, ours'
-    train step, theirs with its own positives and theirs filled, so that the machine's drift (2.3x
-    between two days, 1.5x between two runs of one hour on this one) falls on both alike."""
+    train step, theirs with its own positives and theirs filled, then the two parts on both sides, so
+    that the machine's drift (torchvision's train step took twice as long one day as the day before on
+    this one) falls on both alike."""
     config = peer_config(preset, overrides)
     b = theirs(config)  # first: it refuses a backbone torchvision does not have
     print(f"ours: {preset}, compiling ...", flush=True)
