@@ -13,6 +13,10 @@ Where the cache lives:
 - otherwise ``MASKRCNN_COMPILE_CACHE``: a folder, or ``off`` (also ``0``, ``false``, ``none``) for no cache;
 - otherwise ``$XDG_CACHE_HOME/maskrcnn/jax`` (``~/.cache/maskrcnn/jax``).
 
+The chosen folder is also exported as ``JAX_COMPILATION_CACHE_DIR``, so the processes a command starts
+(``maskrcnn predict --workers N``'s Dask workers) share it; workers started by hand (``dask worker``) use
+it when that variable is set in their environment.
+
 A program takes about 1 MB there (the `fast` train step on the CPU, compressed); the folder is never
 trimmed, and deleting it only costs the next run its compiles. (JAX can evict beyond a size,
 ``jax_compilation_cache_max_size``, with the ``filelock`` package, which we do not require.)
@@ -52,4 +56,6 @@ def enable(environ=None) -> str | None:
     path = cache_dir(environ, own)
     if path and not own:
         jax.config.update("jax_compilation_cache_dir", path)
+        # JAX reads it in the processes this one starts: a local Dask cluster's workers share the cache.
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = path
     return path

@@ -40,6 +40,23 @@ f(x).block_until_ready()
 print("hits", hits.count("/jax/compilation_cache/cache_hits"))
 """
 
+# The folder is exported to the processes a command starts (a local Dask cluster's workers).
+CHILD = """
+import os, subprocess, sys
+from maskrcnn import compile_cache
+compile_cache.enable()
+print(subprocess.run([sys.executable, "-c", "import jax; print(jax.config.jax_compilation_cache_dir)"],
+                     capture_output=True, text=True, check=True).stdout.strip())
+"""
+
+
+def test_a_process_started_by_a_command_uses_the_same_cache(tmp_path):
+    env = {**os.environ, "MASKRCNN_COMPILE_CACHE": str(tmp_path / "cache")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == str(tmp_path / "cache")
+
 
 def test_a_second_process_loads_the_first_ones_compiled_program(tmp_path):
     env = {**os.environ, "MASKRCNN_COMPILE_CACHE": str(tmp_path / "cache")}
