@@ -1,8 +1,8 @@
 """JAX's persistent compilation cache for the command line: each program is compiled once per machine.
 
-Every ``maskrcnn`` command turns it on, so that a run of the same programs
-again (a resumed or repeated training, the evaluation after it, predictions over the next cohort) loads
-XLA's compiled code from disk instead of compiling it: the `fast` train step took 32.8 s cold and 10.0 s
+Every ``maskrcnn`` command turns it on, so that a run of the same programs again (a resumed or
+repeated training, a second evaluation, predictions over the next cohort) loads XLA's compiled code from
+disk instead of compiling it: the `fast` train step took 32.8 s cold and 10.0 s
 warm on a 2-core CPU, most of the warm time tracing and lowering the Python code, which runs every time
 (``experiments/results/model.md``).
 
@@ -22,9 +22,9 @@ trimmed, and deleting it only costs the next run its compiles. (JAX can evict be
 ``jax_compilation_cache_max_size``, with the ``filelock`` package, which we do not require.)
 
 JAX keys each program by its computation, the compile options, the device kind and the jax and jaxlib
-versions, so a changed config or model compiles afresh. On a cluster with a shared home folder, machines
-of different CPU kinds can share the folder: XLA refuses CPU code compiled for features the host lacks
-and compiles again (point ``MASKRCNN_COMPILE_CACHE`` at a local disk to keep them apart).
+versions, so a changed config or model compiles afresh. XLA's CPU loader compares the CPU features a
+program was compiled for with the host's; on a cluster whose machines of different CPU kinds share a
+home folder, point ``MASKRCNN_COMPILE_CACHE`` at a local disk to keep their programs apart.
 """
 
 from __future__ import annotations
