@@ -128,7 +128,7 @@ def whole_step(tap: bool) -> dict:
 
 def step_table(rounds: int = 2) -> None:
     """``whole_step`` with and without the per-tap gradient, alternating, each in its own process."""
-    from experiments.bench_xla_flags import in_child
+    from experiments.bench_model import in_child
 
     print(
         "| convolution gradient | compile train step (s) | train step (s / image) | inference (s / image) |"

@@ -243,10 +243,11 @@ def warm_compile(preset: str, overrides: list[str]) -> dict:
     return {"warm_compile_train_s": p["compile_train_s"], "warm_compile_infer_s": p["compile_infer_s"]}
 
 
-def in_child(*args) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+def in_child(argv: list[str], env: dict | None = None) -> dict:
+    """Run ``python *argv`` in a process of its own and return the JSON object its last line prints."""
+    out = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, check=False)
     if out.returncode:
-        raise SystemExit(f"{' '.join(args)} failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(argv)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -260,8 +261,8 @@ def main(presets, overrides):
         print(f"measuring {preset} ...", flush=True)
         cache = tempfile.mkdtemp(prefix="bench-model-cache-")
         try:  # the first process fills an empty compilation cache, the second loads from it
-            rows.append(in_child("--one", preset, "--cache", cache, *sets))
-            rows[-1].update(in_child("--warm-compile", preset, "--cache", cache, *sets))
+            rows.append(in_child([__file__, "--one", preset, "--cache", cache, *sets]))
+            rows[-1].update(in_child([__file__, "--warm-compile", preset, "--cache", cache, *sets]))
         finally:
             shutil.rmtree(cache, ignore_errors=True)
         print(rows[-1], flush=True)

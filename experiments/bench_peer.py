@@ -334,7 +334,9 @@ def theirs(config) -> dict:
 def mask_head_slots(config) -> int:
     """ROIs per image our train step runs the mask head over: its static positive slots, however many of
     them hold a positive (``MaskRCNN.losses``)."""
-    return int(round(config.model.train_rois_per_image * config.model.roi_positive_ratio))
+    from maskrcnn.targets import positive_slots
+
+    return positive_slots(config.model.train_rois_per_image, config.model.roi_positive_ratio)
 
 
 def fill_positives(roi_heads, count: int) -> None:

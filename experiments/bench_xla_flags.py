@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.bench_model import in_child  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "xla_flags.md")
 OPTIONS = [  # (name, XLA_FLAGS)
@@ -40,14 +41,6 @@ def fast_figures() -> dict:
 
     figures = whole_program(load_config("fast"), repeats=3)
     return {k: figures[k] for k in FIGURES}
-
-
-def in_child(argv: list[str], env: dict | None = None) -> dict:
-    """Run ``python *argv`` in a process of its own and return the JSON object its last line prints."""
-    out = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # Written from the 2026-12-03 run; rewrite it when the figures change.

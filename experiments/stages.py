@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from experiments.bench_ops import median_seconds
 from maskrcnn.model import detections_to_label_maps
+from maskrcnn.targets import positive_slots
 
 
 def _variables(layer):
@@ -128,7 +129,7 @@ def train_stages(model, batch, key, repeats: int) -> list[tuple[str, float, floa
         "targets (anchors, ROI sampling, mask crops)", sample, [proposals, valid, batch], grads=False
     )
     rois = rois["rois"]
-    num_pos = int(round(cfg.train_rois_per_image * cfg.roi_positive_ratio))  # the mask head's slots
+    num_pos = positive_slots(cfg.train_rois_per_image, cfg.roi_positive_ratio)  # the mask head's slots
 
     def box_pool(p, r):
         return model.roi_features(p, r, cfg.pool_size)

@@ -17,8 +17,8 @@ The chosen folder is also exported as ``JAX_COMPILATION_CACHE_DIR``, so the proc
 (``maskrcnn predict --workers N``'s Dask workers) share it; workers started by hand (``dask worker``) use
 it when that variable is set in their environment.
 
-A program takes about 1 MB there (the `fast` train step on the CPU, compressed); the folder is never
-trimmed, and deleting it only costs the next run its compiles. (JAX can evict beyond a size,
+Programs are stored compressed, one file each; the folder is never trimmed, and deleting it only costs
+the next run its compiles. (JAX can evict beyond a size,
 ``jax_compilation_cache_max_size``, with the ``filelock`` package, which we do not require.)
 
 JAX keys each program by its computation, the compile options, the device kind and the jax and jaxlib

@@ -184,6 +184,12 @@ def rpn_targets(
     return labels, deltas.astype(jnp.float32)
 
 
+def positive_slots(num_rois: int, positive_fraction: float) -> int:
+    """The most positives :func:`sample_rois` draws, ``round(num_rois * positive_fraction)``: they fill
+    the first slots of its ROIs, so the mask head needs only these."""
+    return int(round(num_rois * positive_fraction))
+
+
 def sample_rois(
     proposals,
     proposal_valid,
@@ -242,7 +248,7 @@ def sample_rois(
     if ignore_boxes is not None:
         negative &= _max_iou(candidates, ignore_boxes, ignore_valid) < positive_iou
     key_pos, key_neg = jax.random.split(key)
-    positive = random_subset(positive, int(round(num_rois * positive_fraction)), key_pos)
+    positive = random_subset(positive, positive_slots(num_rois, positive_fraction), key_pos)
     negative = random_subset(negative, num_rois, key_neg, limit=num_rois - positive.sum())
 
     # Gather the chosen candidates into num_rois slots, positives first (top_k keeps index order on ties).

@@ -224,7 +224,7 @@ class MaskRCNN(keras.Model):
             self.roi_features(pyramid, rois["rois"], cfg.pool_size), training=True
         )
         # Positives come first and number at most round(R * ratio): the mask head only needs those slots.
-        num_pos = int(round(cfg.train_rois_per_image * cfg.roi_positive_ratio))
+        num_pos = targets.positive_slots(cfg.train_rois_per_image, cfg.roi_positive_ratio)
         mask_logits = self.mask_head(
             self.roi_features(pyramid, rois["rois"][:, :num_pos], cfg.mask_pool_size), training=True
         )
