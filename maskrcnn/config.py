@@ -111,6 +111,9 @@ class ModelConfig:
     mask_pool_size: int = 14
     mask_size: int = 28
     roi_canonical_size: float = 224.0  # FPN paper Eq. 1: a 224x224 ROI maps to level 4
+    # ROIAlign's window form (maskrcnn/ops/roi_align.py): the block side in cells; 0 pools every ROI with
+    # the gather form. The same numbers either way; only the speed differs.
+    roi_window: int = 16
     box_head_width: int = 1024  # Matterport FPN_CLASSIF_FC_LAYERS_SIZE
     mask_head_width: int = 256
     detection_max_instances: int = 100
@@ -362,6 +365,7 @@ def validate(config: Config) -> list[str]:
         + ")",
     )
     rule(m.roi_canonical_size > 0, "model.roi_canonical_size", m.roi_canonical_size, "must be positive")
+    rule(m.roi_window == 0 or m.roi_window >= 2, "model.roi_window", m.roi_window, "must be 0 or at least 2")
 
     positive("train.batch_size", t.batch_size)
     rule(len(t.stages) > 0, "train.stages", t.stages, "must hold at least one stage")

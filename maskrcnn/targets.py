@@ -301,7 +301,12 @@ def crop_mask_targets(masks, mask_boxes, rois, mask_size: int, *, mini_masks: bo
 
     def one(mask, box):
         crop = roi_align(
-            mask[None, :, :, None], box[None, None], mask_size, spatial_scale=1.0, sampling_ratio=1
+            mask[None, :, :, None],
+            box[None, None],
+            mask_size,
+            spatial_scale=1.0,
+            sampling_ratio=1,
+            window=None,
         )
         return crop[0, 0, :, :, 0]
 

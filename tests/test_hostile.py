@@ -28,6 +28,7 @@ BAD_VALUES = [
     ("data.hed_jitter=2.0", "data.hed_jitter=2.0 must be in [0, 1)"),
     ("model.train_rois_per_image=10000", "must not exceed the"),
     ("data.mini_mask_size=0", "data.mini_mask_size=0 must be None (full masks) or at least 2"),
+    ("model.roi_window=1", "model.roi_window=1 must be 0 or at least 2"),
 ]
 
 

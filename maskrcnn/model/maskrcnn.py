@@ -119,6 +119,7 @@ class MaskRCNN(keras.Model):
             strides=self.feature_strides,  # P2-P5 (P6 only feeds the RPN), as in the FPN paper
             canonical_size=self.config.roi_canonical_size,
             sampling_ratio=2,
+            window=self.config.roi_window or None,
         )
 
     def detect(self, pyramid, proposals, proposal_valid, size):

@@ -1,3 +1,4 @@
+import importlib
 import math
 
 import jax
@@ -6,6 +7,8 @@ import numpy as np
 import pytest
 
 from maskrcnn.ops import assign_fpn_levels, multilevel_roi_align, roi_align
+
+roi_align_module = importlib.import_module("maskrcnn.ops.roi_align")
 
 
 def reference_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned):
@@ -139,6 +142,96 @@ def test_multilevel_uses_each_boxes_level_and_keeps_order():
         )
 
 
+def test_window_weights_by_hand():
+    # Two bins, one sample each, box [0, 16) not aligned: samples at 4 and 12, corners 4, 5 and 12, 13.
+    pos = [
+        jnp.asarray(a)
+        for a in roi_align_module._axis_samples(
+            jnp.array([0.0]), jnp.array([16.0]), 2, 1, jnp.array([40]), aligned=False
+        )
+    ]
+    np.testing.assert_array_equal(pos[0], [[4, 12]])
+    start, fits, weights = roi_align_module._window_weights(*pos, 2, 1, jnp.array([40]), 8)
+    assert int(start[0]) == 4 and not bool(fits[0])  # corners 4..13 need 10 cells
+    start, fits, weights = roi_align_module._window_weights(*pos, 2, 1, jnp.array([40]), 10)
+    assert int(start[0]) == 4 and bool(fits[0])
+    expected = np.zeros((2, 10))
+    expected[0, 0], expected[1, 8] = 1.0, 1.0  # each sample sits on a cell: all weight on its low corner
+    np.testing.assert_allclose(weights[0], expected)
+    # Near the far border the window slides back inside the map: it starts at 40 - 10.
+    start, _, _ = roi_align_module._window_weights(
+        *roi_align_module._axis_samples(jnp.array([37.0]), jnp.array([39.0]), 2, 1, jnp.array([40]), False),
+        2,
+        1,
+        jnp.array([40]),
+        10,
+    )
+    assert int(start[0]) == 30
+
+
+def _misfits(fmap, boxes, output_size, window):
+    shapes = [tuple(fmap.shape[1:3])]
+    flat = jnp.asarray(boxes).reshape(-1, 4)
+    level = jnp.zeros(flat.shape[0], jnp.int32)
+    *_, fits = roi_align_module._window_geometry(flat, level, shapes, [1.0], output_size, 2, True, window)
+    return int((~fits).sum())
+
+
+@pytest.mark.parametrize(
+    "large", [2, 12], ids=["few-large-boxes-spare-slots", "many-large-boxes-gather-form"]
+)
+def test_window_form_is_the_definition_whether_boxes_fit_or_not(large):
+    # On a 40x40 map a window of 8 cells holds boxes up to 6 cells; `large` of the 16 boxes are bigger.
+    # With 2 (<= the 4 spare slots) the gather form redoes just those, with 12 it pools every box.
+    rng = np.random.default_rng(large)
+    features = rng.normal(size=(2, 40, 40, 3)).astype(np.float32)
+    yx = rng.uniform(0, 20, (2, 8, 2))
+    sides = np.where(
+        np.arange(8)[None, :, None] < large // 2,
+        rng.uniform(12, 20, (2, 8, 2)),
+        rng.uniform(0.5, 5, (2, 8, 2)),
+    )
+    boxes = np.concatenate([yx, yx + sides], axis=-1).astype(np.float32)
+    assert _misfits(features, boxes, (3, 3), 8) == large
+    assert math.ceil(16 * roi_align_module.SPARE_SLOTS) == 4
+    got = roi_align(features, boxes, 3, spatial_scale=1.0, window=8)
+    np.testing.assert_allclose(got, reference_roi_align(features, boxes, (3, 3), 1.0, 2, True), atol=1e-5)
+    np.testing.assert_allclose(got, roi_align(features, boxes, 3, spatial_scale=1.0, window=None), atol=1e-6)
+
+
+def test_window_form_gradient_equals_the_gather_forms():
+    rng = np.random.default_rng(9)
+    strides = (4, 8, 16, 32)
+    pyramid = [jnp.asarray(rng.normal(size=(2, 128 // s, 128 // s, 4)), jnp.float32) for s in strides]
+    boxes = random_boxes(rng, (2, 20), 128.0)
+    cotangent = jnp.asarray(rng.normal(size=(2, 20, 5, 5, 4)), jnp.float32)
+
+    def grads(window):
+        def f(*p):
+            return multilevel_roi_align(list(p), boxes, 5, strides=strides, canonical_size=32, window=window)
+
+        return jax.vjp(f, *pyramid)[1](cotangent)
+
+    for windowed, gathered in zip(grads(8), grads(None), strict=True):
+        np.testing.assert_allclose(windowed, gathered, rtol=1e-5, atol=1e-5)
+
+
+def test_window_form_under_vmap_and_jit():
+    # Under vmap the form's lax.cond becomes a select: both forms run, the numbers stay the same.
+    rng = np.random.default_rng(10)
+    features = jnp.asarray(rng.normal(size=(3, 1, 24, 24, 2)), jnp.float32)
+    boxes = jnp.asarray(random_boxes(rng, (3, 1, 6), 24.0))
+
+    def f(x, b):
+        return roi_align(x, b, 4, spatial_scale=1.0, window=6)
+
+    np.testing.assert_allclose(
+        jax.jit(jax.vmap(f))(features, boxes),
+        jax.vmap(lambda x, b: roi_align(x, b, 4, spatial_scale=1.0, window=None))(features, boxes),
+        atol=1e-6,
+    )
+
+
 def test_bfloat16_features_keep_their_dtype():
     features = jnp.ones((1, 8, 8, 2), jnp.bfloat16)
     out = roi_align(features, jnp.array([[[1.0, 1.0, 5.0, 5.0]]]), 2, spatial_scale=1.0)
@@ -149,5 +242,7 @@ def test_bfloat16_features_keep_their_dtype():
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="sampling_ratio"):
         roi_align(jnp.ones((1, 4, 4, 1)), jnp.ones((1, 1, 4)), 2, spatial_scale=1.0, sampling_ratio=0)
+    with pytest.raises(ValueError, match="window must be None or at least 2"):
+        roi_align(jnp.ones((1, 4, 4, 1)), jnp.ones((1, 1, 4)), 2, spatial_scale=1.0, window=1)
     with pytest.raises(ValueError, match=r"boxes must be \(B, R, 4\)"):
         roi_align(jnp.ones((1, 4, 4, 1)), jnp.ones((1, 4)), 2, spatial_scale=1.0)
