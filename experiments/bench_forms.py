@@ -14,8 +14,7 @@ of the `fast` preset's train step (batch 4: 1,024 sampled ROIs, 256 channels, ma
 - ROIAlign on the P2-P5 pyramid: the old form (each bilinear corner's samples gathered on their own,
   added, then averaged over the sampling grid; kept below as ``corner_align`` for this comparison) and
   the gather form of ``maskrcnn.ops.roi_align`` (the 4 g^2 cells of each bin gathered at once and
-  contracted); then the gather form against the window form the model uses (one block of cells a box,
-  two small products; the boxes that do not fit pooled by the gather form);
+  contracted; the window form the model now uses on top of it: ``experiments/bench_roi_window.py``);
 - tried and not adopted: three 3x3 convolutions (the mask head's over 1,024 ROIs, a ResNet stage-2 one
   and the RPN's shared conv on P2) and a 1x1 one, XLA's convolution gradient against ``tap_conv`` below,
   whose kernel gradient is one matrix product per kernel tap (the forward passes are the same convolution).
@@ -211,31 +210,19 @@ def main():
     boxes = jnp.asarray(
         np.concatenate([centres - sides / 2, centres + sides / 2], -1).clip(0, 256), jnp.float32
     )
-    gather_form = roi_align._align_flat
+    new_align = roi_align._align_flat
 
-    def align_with(flat, size, window):
-        """ROIAlign of the boxes with ``flat`` as the gather form, and the window form when ``window``."""
-
+    def align_with(flat, size):
         def run(*levels):
             roi_align._align_flat = flat
             try:
                 return roi_align.multilevel_roi_align(
-                    list(levels), boxes, size, strides=(4, 8, 16, 32), window=window
+                    list(levels), boxes, size, strides=(4, 8, 16, 32), window=None
                 )
             finally:
-                roi_align._align_flat = gather_form
+                roi_align._align_flat = new_align
 
         return run
-
-    fit_share = {}
-    for size in (7, 14):
-        flat = boxes.reshape(-1, 4)
-        level = roi_align.assign_fpn_levels(flat, num_levels=4)
-        shapes = [tuple(p.shape[1:3]) for p in pyramid]
-        *_, fits = roi_align._window_geometry(
-            flat, level, shapes, [1 / 4, 1 / 8, 1 / 16, 1 / 32], (size, size), 2, True, roi_align.WINDOW
-        )
-        fit_share[size] = float(np.mean(fits))
 
     def conv_rows():
         shapes = [  # name, input, kernel
@@ -257,22 +244,8 @@ def main():
     rows = [
         ("box head FC (7x7 conv over 7x7 -> 1024)", fc_as_conv, fc_as_product, (pooled, kernel)),
         ("mask head 2x2 stride-2 deconvolution", deconv_as_layer, deconv_as_product, (features, dkernel)),
-        *(
-            (f"ROIAlign {s}x{s} ({head}), per-corner gathers / gather form", old, new, pyramid)
-            for s, head in ((7, "box head"), (14, "mask head"))
-            for old, new in [(align_with(corner_align, s, None), align_with(gather_form, s, None))]
-        ),
-        *(
-            (
-                f"ROIAlign {s}x{s} ({head}), gather form / window form ({roi_align.WINDOW} cells, "
-                f"{fit_share[s]:.0%} of the boxes fit)",
-                old,
-                new,
-                pyramid,
-            )
-            for s, head in ((7, "box head"), (14, "mask head"))
-            for old, new in [(align_with(gather_form, s, None), align_with(gather_form, s, roi_align.WINDOW))]
-        ),
+        ("ROIAlign 7x7 (box head)", align_with(corner_align, 7), align_with(new_align, 7), pyramid),
+        ("ROIAlign 14x14 (mask head)", align_with(corner_align, 14), align_with(new_align, 14), pyramid),
         *conv_rows(),
     ]
     lines = [

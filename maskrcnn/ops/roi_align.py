@@ -31,7 +31,7 @@ import numpy as np
 # The window form's block side in cells: boxes up to 14 cells on their level (56 px on P2) fit.
 WINDOW = 16
 # Share of a batch's boxes the gather form pools again when they do not fit the window form's block.
-SPARE_SLOTS = 0.25
+SPARE_SLOTS = 0.125
 
 
 def _pair(size) -> tuple[int, int]:

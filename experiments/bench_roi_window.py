@@ -1,0 +1,205 @@
+"""What ROIAlign's window form gains over its gather form, alone and in the whole `fast` program, one run.
+
+    python experiments/bench_roi_window.py     # writes experiments/results/roi_window.md
+
+Both forms compute the same numbers (``maskrcnn/ops/roi_align.py``); ``model.roi_window`` picks the form
+(16: the window form, the default; 0: the gather form everywhere). Two tables:
+
+- the op alone, forward and forward + backward (the gradient of a sum of squares), on the P2-P5 pyramid of
+  four 256 px images with 256 channels and 1,024 nucleus-sized boxes (6-60 px sides), at the box head's
+  7x7 and the mask head's 14x14, with the share of the boxes that fit the window;
+- the whole `fast` program, one model and one set of random weights, the two forms traced from it and
+  called in turn for a few rounds: inference per image (batch 1, the detection slots filled as in
+  ``bench_peer.py``: score threshold 0, no class NMS) and the train step per image (batch 4, every layer).
+  Beside them, the share of that run's proposals that fit: with random weights the RPN's boxes are
+  arbitrary (thin and large ones among them), and when more of them miss the window than there are spare
+  slots, the box head's pooling takes the gather form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "roi_window.md")
+ROUNDS = 5
+
+
+def op_rows(roi_align) -> list[str]:
+    import jax
+    import numpy as np
+
+    from experiments.bench_forms import relative_difference, timings
+
+    strides = (4, 8, 16, 32)
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 4))
+    pyramid = [jax.random.normal(next(keys), (4, 256 // s, 256 // s, 256)) for s in strides]
+    rng = np.random.default_rng(0)
+    centres, sides = rng.uniform(0, 256, (4, 256, 2)), rng.uniform(6, 60, (4, 256, 2))
+    boxes = np.concatenate([centres - sides / 2, centres + sides / 2], -1).clip(0, 256).astype(np.float32)
+    rows = []
+    for size, head in ((7, "box head"), (14, "mask head")):
+
+        def pool(window, size=size):
+            return lambda *p: roi_align.multilevel_roi_align(
+                list(p), boxes, size, strides=strides, window=window
+            )
+
+        fit = fit_share(roi_align, pyramid, boxes, size)
+        old_fwd, old_both, old_out = timings(pool(None), *pyramid)
+        new_fwd, new_both, new_out = timings(pool(roi_align.WINDOW), *pyramid)
+        rows.append(
+            f"| {size}x{size} ({head}), {fit:.0%} of the boxes fit | {old_fwd:.0f} | {new_fwd:.0f} "
+            f"| {old_both:.0f} | {new_both:.0f} | {old_both / new_both:.2f}x "
+            f"| {relative_difference(old_out, new_out):.1e} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def fit_share(roi_align, pyramid, boxes, size) -> float:
+    """The share of ``boxes`` (B, R, 4) whose samples fit the window on their FPN level (canonical 224)."""
+    import jax.numpy as jnp
+
+    flat = jnp.asarray(boxes).reshape(-1, 4)
+    level = roi_align.assign_fpn_levels(flat, num_levels=len(pyramid))
+    shapes = [tuple(p.shape[1:3]) for p in pyramid]
+    scales = [1 / 2 ** (i + 2) for i in range(len(pyramid))]
+    *_, fits = roi_align._window_geometry(
+        flat, level, shapes, scales, (size, size), 2, True, roi_align.WINDOW
+    )
+    return float(jnp.mean(fits))
+
+
+def program_rows(roi_align) -> list[str]:
+    import jax
+    import jax.numpy as jnp
+
+    from maskrcnn import input_pipeline
+    from maskrcnn.config import StageConfig, load_config
+    from maskrcnn.model import build_model, detections_to_label_maps
+    from maskrcnn.train.step import prepare_stage
+
+    config = load_config("fast")
+    config = dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, builder="synthetic"),
+        model=dataclasses.replace(config.model, detection_min_confidence=0.0, detection_nms_threshold=1.0),
+    )
+    batch = next(input_pipeline.make_train_iterator(config, epoch=0))
+    batch = {k: batch[k] for k in input_pipeline.MODEL_INPUTS}
+    size = config.data.image_size
+    images = jnp.asarray(batch["image"][:1])
+    model = build_model(config.model, size, mini_masks=config.data.mini_mask_size is not None)
+    variables = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+    )
+    key = jax.random.PRNGKey(0)
+
+    forms = {}
+    for window in (0, roi_align.WINDOW):  # the model reads model.config when it is traced
+        model.config = dataclasses.replace(model.config, roi_window=window)
+
+        def infer_fn(variables, images):  # a new function each time: jax.jit caches by function
+            detections = model.stateless_call(*variables, images)[0]
+            return detections_to_label_maps(detections, (size, size))
+
+        start = time.perf_counter()
+        infer = jax.jit(infer_fn).trace(variables, images).lower().compile()
+        compile_infer = time.perf_counter() - start
+        _, _, _, state, step = prepare_stage(model, config.train, StageConfig("all", "all", 1, 1e-3), 1)
+        start = time.perf_counter()
+        step = step.trace(state, batch, key).lower().compile()
+        forms[window] = {
+            "infer": infer,
+            "step": step,
+            "state": state,
+            "compile": (compile_infer, time.perf_counter() - start),
+        }
+        jax.block_until_ready(infer(variables, images))
+        forms[window]["state"] = jax.block_until_ready(step(state, batch, key))[0]
+
+    times = {w: {"infer": [], "step": []} for w in forms}
+    for round_ in range(ROUNDS):
+        # The order alternates: the second program of a round ran up to 1.2x slower than the first.
+        for window, f in sorted(forms.items(), reverse=round_ % 2 == 1):
+            start = time.perf_counter()
+            jax.block_until_ready(f["infer"](variables, images))
+            times[window]["infer"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            f["state"] = jax.block_until_ready(f["step"](f["state"], batch, key))[0]
+            times[window]["step"].append((time.perf_counter() - start) / len(batch["image"]))
+
+    x = (images.astype("float32") - jnp.asarray(config.model.pixel_mean, jnp.float32)).astype(
+        model.compute_dtype
+    )
+    pyramid = model.fpn(model.backbone(x))
+    proposals, _ = model.proposals(*model.rpn_head(pyramid), (size, size))
+    fit = fit_share(roi_align, pyramid[:4], proposals, config.model.pool_size)
+
+    rows = []
+    for what, unit in (
+        ("infer", "inference per image (batch 1)"),
+        ("step", "train step per image (batch 4)"),
+    ):
+        gather, window = times[0][what], times[roi_align.WINDOW][what]
+        ratios = [w / g for w, g in zip(window, gather, strict=True)]
+        rows.append(
+            f"| {unit} | {statistics.median(gather):.3f} | {statistics.median(window):.3f} "
+            f"| {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |"
+        )
+        print(rows[-1], flush=True)
+    for i, what in enumerate(("inference", "train step")):
+        rows.append(
+            f"| compile, {what} | {forms[0]['compile'][i]:.1f} "
+            f"| {forms[roi_align.WINDOW]['compile'][i]:.1f} | |"
+        )
+    rows.append(f"| proposals of this run that fit the window (box head, 7x7) | | {fit:.0%} | |")
+    return rows
+
+
+def main():
+    import importlib
+
+    roi_align = importlib.import_module("maskrcnn.ops.roi_align")  # first: it selects Keras' JAX backend
+    import jax
+
+    ops = op_rows(roi_align)
+    program = program_rows(roi_align)
+    lines = [
+        "# ROIAlign: the gather form against the window form, same run",
+        "",
+        f"Made by `python experiments/bench_roi_window.py`, {time.strftime('%Y-%m-%d')}. "
+        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), device {jax.devices()[0].platform}, "
+        f"jax {jax.__version__}. Window {roi_align.WINDOW} cells, spare slots for "
+        f"{roi_align.SPARE_SLOTS:.0%} of a batch's boxes. How each figure is made: the script's docstring.",
+        "",
+        "The op alone: P2-P5 of four 256 px images, 1,024 boxes of 6-60 px, 256 channels; medians of "
+        "3 jitted calls (ms).",
+        "",
+        "| output | gather form, forward | window form, forward | gather, fwd + bwd | window, fwd + bwd "
+        "| speed-up fwd + bwd | largest relative difference |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *ops,
+        "",
+        f"The whole `fast` program, the same weights, {ROUNDS} rounds each calling both forms in turn, the "
+        "order alternating (s; ratio: the median over rounds, and its range).",
+        "",
+        "| what | gather form (`model.roi_window=0`) | window form | window / gather |",
+        "|---|---:|---:|---:|",
+        *program,
+        "",
+    ]
+    with open(RESULTS, "w") as f:
+        f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
