@@ -51,6 +51,9 @@ def compiled_programs(config, infer_batch: int | None = None) -> dict:
     size, batch_size = config.data.image_size, config.train.batch_size
     batch = next(input_pipeline.make_train_iterator(config, epoch=0))
     batch = {k: batch[k] for k in input_pipeline.MODEL_INPUTS}
+    import keras
+
+    keras.utils.set_random_seed(0)  # the same random weights in every run, so the same detections
     model = build_model(config.model, size, mini_masks=config.data.mini_mask_size is not None)
     _, _, _, state, step = prepare_stage(model, config.train, StageConfig("all", "all", 1, 1e-3), 1)
 

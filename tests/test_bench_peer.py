@@ -58,6 +58,9 @@ def test_report_reads_the_goal_from_the_same_work_row():
     assert "| 0.500 s | 0.250 s | 2.00 |" in text and "| 1.500 s | 0.750 s | 2.00 |" in text
     assert "the two parts) | 1.000 s | 1.000 s | 1.00 |" in text  # 3.0 - 0.5 - 1.5 and 2.0 - 0.25 - 0.75
     assert "ranged 0.70-0.80 at inference and 1.40-1.60" in text
+    # Inference at different detection counts is different work: no verdict.
+    text = report("fast", [], {**ours, "detections_per_image": 22}, theirs, config)
+    assert "Inference: not comparable, 22 detections an image against 256" in text
 
 
 CHECK = """
