@@ -35,7 +35,7 @@ Notes:
   on these random boxes. On edge cases theirs is not the classic algorithm (checked by hand): of two
   boxes with equal scores it keeps the higher index, a box whose IoU equals the threshold is suppressed,
   a box whose coordinates are all <= 0 is dropped, and padding indices are 0 rather than -1.
-- On this CPU ours took 0.5-0.6x their time on NMS on 2026-12-03 (1.5-1.9x on 2026-11-24, before
+- On this CPU ours took 0.5-0.7x their time on NMS in two runs on 2026-12-03 (1.5-1.9x on 2026-11-24, before
   pairwise_iou worked on coordinate columns and the cross-tile reduction ran over the major axis);
   the GPU comparison is still to be made.
 - keras-cv's ROI aligner could not be run: keras-cv 0.9 (its last release) predates JAX 0.10 and its
