@@ -111,8 +111,8 @@ class ModelConfig:
     mask_pool_size: int = 14
     mask_size: int = 28
     roi_canonical_size: float = 224.0  # FPN paper Eq. 1: a 224x224 ROI maps to level 4
-    # ROIAlign's window form (maskrcnn/ops/roi_align.py): the block side in cells; 0 pools every ROI with
-    # the gather form. The same numbers either way; only the speed differs.
+    # ROIAlign's window form (maskrcnn/ops/roi_align.py) for the mask head's pooling: the block side in
+    # cells; 0 pools with the gather form. The same numbers either way; only the speed differs.
     roi_window: int = 16
     box_head_width: int = 1024  # Matterport FPN_CLASSIF_FC_LAYERS_SIZE
     mask_head_width: int = 256

@@ -125,7 +125,7 @@ def from_layers(
     """
     outputs = [base.get_layer(n).output for n in layer_names]
     model = keras.Model(base.inputs, outputs, name=name or f"{base.name}_features")
-    height, width = (base.inputs[0].shape[1:3] if base.inputs[0].shape[1] else (probe_size, probe_size))
+    height, width = base.inputs[0].shape[1:3] if base.inputs[0].shape[1] else (probe_size, probe_size)
     specs = model.compute_output_spec(keras.KerasTensor((1, height, width, base.inputs[0].shape[-1])))
     strides = []
     for layer, spec in zip(layer_names, specs, strict=True):

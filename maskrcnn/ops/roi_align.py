@@ -8,12 +8,14 @@ the border otherwise), and the samples averaged.
 
 Two exact forms compute it. The gather form (``_align_flat``) gathers the 4 g^2 cells each bin reads, for
 every bin: 784 cells a 7x7 box at g = 2, whatever its size. The window form (``_window_align``) cuts one
-``window`` x ``window`` block of cells at the box's corner and contracts it with a (bins, window) weight
+``window`` x ``window`` block of cells where the box starts and contracts it with a (bins, window) weight
 matrix on each axis: 256 cells at window 16, and two small matrix products. A box fits the window when
 every sample's bilinear corners fall inside it, so on its level it spans at most ``window - 2`` cells;
 nuclei do, on P2. The few boxes that do not fit are pooled by the gather form in a fixed number of spare
-slots, and a batch with more of them than slots takes the gather form for every box (``lax.cond``), so
-the numbers never depend on which form ran; only the rounding of the sums does (float32, 1e-6).
+slots, and a batch with more of them than slots takes the gather form for every box (``lax.cond``): every
+box gets the definition's numbers whichever form pooled it, up to the rounding of the sums (float32,
+1e-6). On a GPU, XLA may copy the condition to the host to pick the branch, a wait per pooling; not yet
+measured there (``model.roi_window=0`` keeps the gather form alone).
 
 All levels of a pyramid are flattened into one table, so one gather serves every box whatever its level.
 Gradients flow to the features, not to the boxes (as in Matterport).

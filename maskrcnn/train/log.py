@@ -135,5 +135,3 @@ def tensorboard_writer(workdir: str):
     except ImportError:  # pragma: no cover
         return None
     return tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-
-

@@ -207,5 +207,3 @@ def train(
         if board is not None:
             board.close()
     return model
-
-

@@ -109,8 +109,6 @@ def open_workdir(workdir: str, config: Config, *, resume: bool, overwrite: bool)
     return None
 
 
-
-
 def save_weights(model, workdir: str) -> None:
     """Writes ``model``'s weights to ``workdir`` atomically: complete or absent, never half-written."""
     partial = os.path.join(workdir, ".tmp-" + WEIGHTS_FILE)
