@@ -198,14 +198,14 @@ What the stage tables said (`python experiments/bench_model.py fast`, this 2-cor
   gradients against torch's oneDNN ones. Our cold compile of the train step was 26.1 s in that run.
   (2026-12-02's 1.10x and 3.2x ran ours and theirs one after the other, against torchvision's own
   positives.)
-- ROIAlign's window form (2026-12-03, commit addb93f and after; `roi_window.md` has the same-run
-  comparison): this run, with random weights seeded (0) from now on, gives train step 2.13 s per image
-  and inference 1.547 s on a fast day for this machine (the unchanged backbone's inference 87 ms). With
-  these weights most of the RPN's boxes are thin or large and miss the 16-cell window, so inference and
-  the box head's pooling in the train step take the gather form; the mask head's training ROIs, near the
-  nuclei, fit. Against torchvision in one run (`peer.md`): inference 0.78x (0.71-0.99 over the rounds;
-  the same computation as the 0.85x run), train step 1.38x at the same work, the rest of the step (ROI
-  pooling among it) from 1.67x to 1.23x.
+- ROIAlign's window form for the mask head (2026-12-03; `roi_window.md` holds the same-run comparison
+  with the gather form: 0.90x at inference, 0.92x in the train step): this run, with random weights
+  seeded (0) from now on, gives train step 1.79 s per image, inference 1.107 s and compile 17.9 / 5.4 s
+  cold / warm, on a fast hour for this machine (the unchanged backbone's inference 49 ms, against 135
+  ms in the run above). The box head's ROI pooling (26%) and the mask head with its pooling (46%) lead
+  inference, with random weights whose boxes mostly miss the window. Against torchvision (`peer.md`, three
+  runs that day): inference 0.85x, 0.78x and 0.80x, train step 1.70x, 1.38x and 1.67x at the same work;
+  the run-to-run spread of the train-step ratio is larger than what the window form moved.
 """
 
 
