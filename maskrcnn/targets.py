@@ -306,7 +306,7 @@ def crop_mask_targets(masks, mask_boxes, rois, mask_size: int, *, mini_masks: bo
             mask_size,
             spatial_scale=1.0,
             sampling_ratio=1,
-            window=None,
+            window=None,  # one channel, under vmap: the window form would run both of its branches
         )
         return crop[0, 0, :, :, 0]
 
