@@ -203,9 +203,10 @@ What the stage tables said (`python experiments/bench_model.py fast`, this 2-cor
   seeded (0) from now on, gives train step 1.79 s per image, inference 1.107 s and compile 17.9 / 5.4 s
   cold / warm, on a fast hour for this machine (the unchanged backbone's inference 49 ms, against 135
   ms in the run above). The box head's ROI pooling (26%) and the mask head with its pooling (46%) lead
-  inference, with random weights whose boxes mostly miss the window. Against torchvision (`peer.md`, three
-  runs that day): inference 0.85x, 0.78x and 0.80x, train step 1.70x, 1.38x and 1.67x at the same work;
-  the run-to-run spread of the train-step ratio is larger than what the window form moved.
+  inference, with random weights whose boxes mostly miss the window. Against torchvision (`peer.md`
+  and its git history, three runs that day): inference 0.85x, 0.78x and 0.80x, train step 1.70x, 1.38x
+  and 1.67x at the same work; the run-to-run spread of the train-step ratio is larger than what the
+  window form moved.
 """
 
 

@@ -114,7 +114,7 @@ class MaskRCNN(keras.Model):
     def roi_features(self, pyramid, boxes, output_size):
         # ROIAlign's window form where it pays: the mask head's pooling, 3,136 cells a box in the gather
         # form; at the box head's 7x7 (784) its backward ran slower (experiments/results/roi_window.md).
-        window = self.config.roi_window if output_size == self.config.mask_pool_size else 0
+        window = (self.config.roi_window or None) if output_size == self.config.mask_pool_size else None
         return multilevel_roi_align(
             pyramid,
             boxes,
@@ -122,7 +122,7 @@ class MaskRCNN(keras.Model):
             strides=self.feature_strides,  # P2-P5 (P6 only feeds the RPN), as in the FPN paper
             canonical_size=self.config.roi_canonical_size,
             sampling_ratio=2,
-            window=window or None,
+            window=window,
         )
 
     def detect(self, pyramid, proposals, proposal_valid, size):
