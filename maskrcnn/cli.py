@@ -1,4 +1,7 @@
-"""Command line: ``maskrcnn train | evaluate | predict | anchors | demo`` (``maskrcnn <command> --help``)."""
+"""Command line: ``maskrcnn train | evaluate | diagnose | predict | anchors | demo``.
+
+``maskrcnn <command> --help`` says what each takes.
+"""
 
 from __future__ import annotations
 
@@ -68,8 +71,19 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     from maskrcnn import evaluation
-    from maskrcnn.config import apply_overrides
     from maskrcnn.inference import evaluate
+
+    config, model = _trained_with_overrides(args)
+    out_dir = args.out or os.path.join(args.workdir, f"eval-{_split_name(args.split)}")
+    references = evaluation.read_references(args.references) if args.references else None
+    evaluate(config, model, args.split, out_dir, max_overlays=args.overlays, references=references)
+    print(open(os.path.join(out_dir, "report.md")).read())
+    print(f"report, per-tissue CSV, predictions and overlays in {out_dir}/")
+
+
+def _trained_with_overrides(args):
+    """The run in ``args.workdir`` with ``--set`` / ``--data-dir`` applied (inference fields only)."""
+    from maskrcnn.config import apply_overrides
     from maskrcnn.train.workdir import load_trained
 
     config, model = load_trained(args.workdir)
@@ -78,12 +92,29 @@ def cmd_evaluate(args):
         overrides.append(f"data.data_dir={args.data_dir!r}")
     config = apply_overrides(config, overrides)
     model.set_inference_config(config.model)
-    name = os.path.basename(os.path.normpath(args.split)).replace(" ", "_")
-    out_dir = args.out or os.path.join(args.workdir, f"eval-{name}")
-    references = evaluation.read_references(args.references) if args.references else None
-    evaluate(config, model, args.split, out_dir, max_overlays=args.overlays, references=references)
-    print(open(os.path.join(out_dir, "report.md")).read())
-    print(f"report, per-tissue CSV, predictions and overlays in {out_dir}/")
+    return config, model
+
+
+def _split_name(split: str) -> str:
+    return os.path.basename(os.path.normpath(split)).replace(" ", "_")
+
+
+def cmd_diagnose(args):
+    import json
+
+    from maskrcnn.diagnostics import diagnose, format_waterfall
+
+    config, model = _trained_with_overrides(args)
+    out_dir = args.out or os.path.join(args.workdir, f"diagnose-{_split_name(args.split)}")
+    result = diagnose(config, model, args.split)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "diagnose.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    table = format_waterfall(result)
+    with open(os.path.join(out_dir, "diagnose.md"), "w") as f:
+        f.write(f"# Where the nuclei of {args.split} are lost ({args.workdir})\n\n{table}\n")
+    print(table)
+    print(f"diagnose.json and diagnose.md in {out_dir}/")
 
 
 def cmd_predict(args):
@@ -141,8 +172,8 @@ def cmd_demo(args):
 
     import tensorflow_datasets as tfds
 
+    from maskrcnn.datasets.pannuke import Builder
     from maskrcnn.inference import evaluate
-    from maskrcnn.pannuke import builder_class
     from maskrcnn.synthetic import write_folds
     from maskrcnn.train.loop import train
 
@@ -158,7 +189,7 @@ def cmd_demo(args):
     shutil.rmtree(root, ignore_errors=True)
     write_folds(manual, args.images_per_fold, seed=args.seed)
     print(f"2/4 Building it with the tfds builder (maskrcnn/datasets/pannuke) into {data_dir}")
-    builder_class()(config="neoplastic", data_dir=data_dir).download_and_prepare(
+    Builder(config="neoplastic", data_dir=data_dir).download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual)
     )
     config = _config_from_args(args, ["data.builder='pannuke'", f"data.data_dir={data_dir!r}"])
@@ -229,6 +260,23 @@ def main(argv=None):
         help="CSV of published per-tissue bPQ to set beside ours: a 'tissue' column, then one per source",
     )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "diagnose",
+        parents=[common],
+        help="where each nucleus of a split is lost: no proposal, low score, suppressed, mask miss, or "
+        "matched; and what each unmatched prediction is",
+    )
+    p.add_argument("--workdir", required=True, help="the training run (config.json, model.weights.h5)")
+    p.add_argument(
+        "--split", required=True, help="a split of the built dataset or a PanNuke-format fold folder"
+    )
+    p.add_argument("--data-dir", help="tensorflow-datasets data_dir holding the built pannuke dataset")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override an inference field of the config"
+    )
+    p.add_argument("--out", help="output folder (default <workdir>/diagnose-<split>)")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser(
         "predict",

@@ -32,8 +32,15 @@ class DataConfig:
     train_split: str = "paper_train"
     val_split: str = "paper_validation"
     test_split: str = "paper_test"
-    image_size: int = 256  # side of the square image the model sees; PanNuke patches are 256 px
-    # Microns per pixel of the training images (PanNuke: 40x, about 0.25 um/px): slides are resampled to it
+    # Model pixels per input pixel: the model sees every image resized by this factor (the seed paper's
+    # code: 4, PanNuke's 256 px patches upscaled to 1024). Nuclei of 6-40 px at 40x span few cells of the
+    # stride-4 level; upscaling gives them more. The model's image side is data.image_size = 256 * scale.
+    # Changing it through apply_overrides (--set data.scale=2) or rescale() scales model.anchor_scales and
+    # model.roi_canonical_size with it (they are in model pixels); evaluate, predict and slides report in
+    # the input's pixels either way.
+    scale: float = 1.0
+    # Microns per pixel of the training images (PanNuke: 40x, about 0.25 um/px) before the scale: slides
+    # are resampled to it, then by the scale like every other input
     mpp: float = 0.25
     max_instances: int = 256  # ground-truth slots per image; more are counted and reported, not hidden
     mini_mask_size: int | None = 56  # instance masks stored cropped to their box at this size; None: full
@@ -47,6 +54,16 @@ class DataConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
+    # Who prepares the examples (maskrcnn.input_pipeline.loader): "threads" of this process, worker
+    # "processes" (a GPU machine's cores: the GIL binds threads), or "auto" (processes from 4 cores up).
+    # The batches are the same either way. loader_workers: processes to start, 0 = one per core but one.
+    loader: str = "auto"
+    loader_workers: int = 0
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square image the model sees: a 256 px PanNuke patch times ``scale``."""
+        return round(pannuke.PATCH_SIZE * self.scale)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -69,6 +86,16 @@ class ModelConfig:
     # Kept in the run's config.json, so evaluate and predict rebuild the same network.
     backbone_blocks: tuple[int, ...] | None = None
     backbone_width: int = 64  # channels of the stem; the tiny variant narrows it
+    # The other parts a researcher swaps, each "package.module:callable" called with this ModelConfig and
+    # returning the part (a Keras layer), or "" for ours (maskrcnn.model.fpn and .heads). config.json keeps
+    # the names, so train, --resume, evaluate and predict rebuild the same model from the run alone.
+    fpn: str = ""
+    rpn_head: str = ""
+    box_head: str = ""
+    mask_head: str = ""
+    # "package.module:Class": a MaskRCNN subclass (an extra loss term, another second stage), or "" for
+    # MaskRCNN itself.
+    model_class: str = ""
     # "keras" (keras.applications' ResNet, for its ImageNet weights) or "matterport" (Matterport's ResNet,
     # for its COCO weights): batch-norm epsilon and stem max-pool padding (maskrcnn.model.backbone)
     backbone_style: str = "keras"
@@ -121,6 +148,9 @@ class ModelConfig:
     # postprocess_detections); candidates below this are dropped.
     detection_min_confidence: float = 0.7
     detection_nms_threshold: float = 0.3
+    # 0: a detection's score is its class probability; w in (0, 1]: the weighted geometric mean
+    # p ** (1 - w) * o ** w with the RPN's object probability o of its proposal (maskrcnn.postprocess.detect)
+    detection_objectness_weight: float = 0.0
     mask_threshold: float = 0.5
 
 
@@ -263,11 +293,13 @@ def validate(config: Config) -> list[str]:
         d.variant,
         f"must be one of {', '.join(map(repr, pannuke.VARIANTS))}",
     )
+    side = pannuke.PATCH_SIZE * d.scale
     rule(
-        d.image_size > 0 and d.image_size % 64 == 0,
-        "data.image_size",
-        d.image_size,
-        "must be a positive multiple of 64 (the FPN's coarsest stride)",
+        d.scale > 0 and side == round(side) and round(side) % 64 == 0,
+        "data.scale",
+        d.scale,
+        f"gives {side:g} px model images; {pannuke.PATCH_SIZE} * scale must be a positive multiple of 64 "
+        "(the FPN's coarsest stride): a multiple of 0.25",
     )
     positive("data.max_instances", d.max_instances)
     rule(
@@ -277,6 +309,13 @@ def validate(config: Config) -> list[str]:
         "must be None (full masks) or at least 2",
     )
     positive("data.synthetic_images_per_fold", d.synthetic_images_per_fold)
+    rule(
+        d.loader in ("auto", "threads", "processes"),
+        "data.loader",
+        d.loader,
+        "must be 'auto', 'threads' or 'processes'",
+    )
+    rule(d.loader_workers >= 0, "data.loader_workers", d.loader_workers, "must be 0 (one per core) or more")
     rule(
         0 <= d.max_rotation_degrees <= 180,
         "data.max_rotation_degrees",
@@ -293,6 +332,15 @@ def validate(config: Config) -> list[str]:
         m.backbone_blocks,
         "must be None or four positive block counts (ResNet stages 2-5)",
     )
+    for name in ("fpn", "rpn_head", "box_head", "mask_head", "model_class"):
+        value = getattr(m, name)
+        module, _, attr = value.partition(":")
+        rule(
+            value == "" or (module and attr),
+            f"model.{name}",
+            value,
+            "must be '' (the built-in part) or 'package.module:name'",
+        )
     rule(
         m.backbone_style in ("keras", "matterport"),
         "model.backbone_style",
@@ -351,7 +399,12 @@ def validate(config: Config) -> list[str]:
         m.rpn_negative_iou,
         f"must not exceed model.rpn_positive_iou={m.rpn_positive_iou}",
     )
-    for name in ("rpn_nms_threshold", "detection_min_confidence", "detection_nms_threshold"):
+    for name in (
+        "rpn_nms_threshold",
+        "detection_min_confidence",
+        "detection_nms_threshold",
+        "detection_objectness_weight",
+    ):
         unit(f"model.{name}", getattr(m, name))
     unit("model.roi_positive_ratio", m.roi_positive_ratio, low_open=True)
     rule(0 < m.mask_threshold < 1, "model.mask_threshold", m.mask_threshold, "must be in (0, 1)")
@@ -399,7 +452,16 @@ def validate(config: Config) -> list[str]:
 
 
 def config_from_dict(d: dict) -> Config:
-    """Inverse of :meth:`Config.to_dict` (used to reload the config saved beside a checkpoint)."""
+    """Inverse of :meth:`Config.to_dict` (used to reload the config saved beside a checkpoint).
+
+    A config written before ``data.scale`` existed holds ``data.image_size`` (the model's side) instead:
+    it reads as ``scale = image_size / 256``.
+    """
+    data = d.get("data")
+    if isinstance(data, dict) and "image_size" in data:
+        data = {k: v for k, v in data.items() if k != "image_size"}
+        data.setdefault("scale", d["data"]["image_size"] / pannuke.PATCH_SIZE)
+        d = {**d, "data": data}
     return _from_dict(Config, d)
 
 
@@ -438,31 +500,58 @@ def _coerce(tp, value):
     return value
 
 
+def rescale(config: Config, scale: float) -> Config:
+    """``config`` with ``data.scale`` set to ``scale`` and the model's sizes in pixels following it:
+    ``model.anchor_scales`` and ``model.roi_canonical_size`` times ``scale / data.scale``, so each nucleus
+    meets the same anchors and pools from the same FPN level as before, with more cells across it."""
+    factor = scale / config.data.scale
+    m = config.model
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, scale=scale),
+        model=dataclasses.replace(
+            m,
+            anchor_scales=tuple(s * factor for s in m.anchor_scales),
+            roi_canonical_size=m.roi_canonical_size * factor,
+        ),
+    )
+
+
 def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     """Returns ``config`` with ``section.field=value`` overrides applied.
 
     Values are parsed as Python literals (``0.8``, ``(8, 16, 32)``, ``None``, ``True``) and fall back to
     a plain string; ``train.stages`` is not overridable this way (edit or derive a preset instead).
+    ``data.scale`` goes through :func:`rescale` before the other overrides, so the anchors follow it unless
+    the same call sets them.
     """
+    parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
-            raise ValueError(
-                f"override {item!r} must look like section.field=value, e.g. data.image_size=512"
-            )
+            raise ValueError(f"override {item!r} must look like section.field=value, e.g. data.scale=2")
         section, field = key.strip().split(".", 1)
         if section not in ("data", "model", "train"):
             raise ValueError(f"override {item!r}: section must be data, model or train, got {section!r}")
         sub = getattr(config, section)
         hints = typing.get_type_hints(type(sub))
+        if (section, field) == ("data", "image_size"):
+            raise ValueError(
+                f"override {item!r}: the model's image side is data.scale times 256 px; set data.scale "
+                "(data.scale=2 for 512 px, and the anchors follow)"
+            )
         if field not in hints:
             raise ValueError(f"override {item!r}: {section} has no field {field!r}; fields: {sorted(hints)}")
         try:
             value = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError):
             value = raw.strip()
-        value = _coerce(hints[field], value)
-        sub = dataclasses.replace(sub, **{field: value})
+        parsed.append((section, field, _coerce(hints[field], value)))
+    for section, field, value in sorted(parsed, key=lambda p: p[:2] != ("data", "scale")):
+        if (section, field) == ("data", "scale"):
+            config = rescale(config, value)
+            continue
+        sub = dataclasses.replace(getattr(config, section), **{field: value})
         if section == "data" and field == "variant":
             config = dataclasses.replace(
                 config, data=sub, model=dataclasses.replace(config.model, num_classes=sub.num_classes)

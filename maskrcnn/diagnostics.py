@@ -1,10 +1,13 @@
-"""Where nuclei are lost before the heads see them: anchor coverage and proposal recall.
+"""Where nuclei are lost: anchor coverage, proposal recall, and the waterfall of ``maskrcnn diagnose``.
 
 ``maskrcnn anchors --config learning --split "runs/learning/folds/Fold 1"`` prints, for a config's anchors
 and RPN assignment rule, how many of a split's nuclei get at least one positive anchor and how many
 positives each gets (the RPN learns a nucleus only through its positives). :func:`proposal_recall`
 measures, for a trained model, the share of nuclei that some proposal covers at IoU >= 0.5 (a nucleus
-without one can never be detected).
+without one can never be detected). ``maskrcnn diagnose --workdir W --split S`` (:func:`diagnose`) follows
+every nucleus through the trained model's stages and puts it in the bucket of the first stage that loses it
+(no proposal, low score, suppressed, mask miss) or in ``matched``, and every unmatched prediction in a
+bucket of its own (duplicate, merge, part, background).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def anchor_coverage(config: Config, split: str, *, max_images: int | None = None
     )
     source = input_pipeline.open_split(config.data, split)
     count = len(source) if max_images is None else min(max_images, len(source))
-    scale = config.data.image_size / input_pipeline.PANNUKE_SIZE
+    scale = config.data.scale
     positives, best = [], []
     slots = 1
     for i in range(count):
@@ -83,7 +86,8 @@ def proposal_recall(config: Config, model, split: str, *, iou: float = 0.5) -> f
     def run(values, images):
         with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
             logits, deltas = model.rpn_head(model.features(images))
-            return model.proposals(logits, deltas, size)
+            boxes, _, valid = model.proposals(logits, deltas, size)
+            return boxes, valid
 
     values = [v.value for v in variables]
     found = total = 0
@@ -111,4 +115,229 @@ def format_coverage(rows: list[tuple[str, dict]]) -> str:
             f"| {label} | {r['nuclei']} | {r['covered']:.1%} | {r['mean_positives']:.2f} | {r['iou70']:.1%} "
             f"| {r['iou50']:.1%} | {r['median_best_iou']:.2f} |"
         )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The waterfall: where each nucleus is lost (`maskrcnn diagnose`)
+
+NUCLEUS_BUCKETS = ("no_proposal", "low_score", "suppressed", "mask_miss", "matched")
+PREDICTED_BUCKETS = ("fp_duplicate", "fp_merge", "fp_part", "fp_background")
+BOX_IOU = 0.5  # a stage "has" a nucleus when one of its boxes overlaps the nucleus's box at IoU >= this
+# An unmatched predicted instance overlaps a nucleus when their intersection holds at least this share of
+# the smaller of the two (a quarter: a sliver along a neighbour's edge is not a merge).
+OVERLAP_SHARE = 0.25
+# Nucleus sizes for the per-size rows: the side of the box's square root of area, in input pixels.
+SIZE_BINS = (12, 24, 48)
+
+
+def _best_box_iou(truth: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Best IoU of each true box (N, 4) with any of ``boxes`` (M, 4), 0 where there is none: (N,)."""
+    if not len(truth) or not len(boxes):
+        return np.zeros(len(truth))
+    return np.asarray(pairwise_iou(truth, boxes)).max(axis=1)
+
+
+def waterfall_image(
+    true_labels: np.ndarray,
+    pred_labels: np.ndarray,
+    *,
+    scale: float,
+    proposals: np.ndarray,
+    scored_boxes: np.ndarray,
+    kept_boxes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bucket of every true nucleus and every predicted instance of one image.
+
+    A true nucleus goes to the first stage that loses it, with ``matched`` first: a nucleus that the
+    final label map matches (mask IoU > 0.5, the pairs PQ counts) is ``matched`` whatever the boxes did.
+    Otherwise ``no_proposal`` when no proposal overlaps its box at IoU >= 0.5; ``low_score`` when no
+    box-head output scoring at least the detection threshold does; ``suppressed`` when such outputs exist
+    but no kept detection does (detection NMS or the cap removed them); ``mask_miss`` when a kept
+    detection does but no predicted instance matches its mask.
+
+    A predicted instance that matches no nucleus overlaps a nucleus when their intersection holds at least
+    :data:`OVERLAP_SHARE` of the smaller of the two: ``fp_merge`` when it overlaps two or more nuclei,
+    ``fp_duplicate`` when it overlaps one that another instance matched, ``fp_part`` when it overlaps one
+    unmatched nucleus, ``fp_background`` when it overlaps none.
+
+    Args:
+      true_labels, pred_labels: int (H, W) instance label maps at the input's resolution.
+      scale: model pixels per input pixel (the boxes below are in model pixels).
+      proposals: float (P, 4) the valid proposals; scored_boxes: float (C, 4) the refined boxes of the
+        box-head outputs at or above the threshold, before detection NMS; kept_boxes: float (D, 4) the
+        kept detections' boxes. All yxyx on pixel edges.
+
+    Returns:
+      (nucleus bucket index into :data:`NUCLEUS_BUCKETS` (N,), predicted bucket index into
+      :data:`PREDICTED_BUCKETS` (n_pred,), -1 for matched instances, nucleus box side in input pixels
+      (N,)), nuclei and instances in increasing id order.
+    """
+    from maskrcnn.evaluation import overlaps
+
+    inter, true_area, pred_area = overlaps(true_labels, pred_labels)
+    union = true_area[:, None] + pred_area[None, :] - inter
+    pairs = inter > 0.5 * np.maximum(union, 1)  # IoU > 0.5, without rounding: unique pairs
+    true_matched, pred_matched = pairs.any(axis=1), pairs.any(axis=0)
+
+    truth = nucleus_boxes(true_labels, 1.0)
+    side = np.sqrt((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]))
+    truth = truth * scale
+    stages = [_best_box_iou(truth, b) >= BOX_IOU for b in (proposals, scored_boxes, kept_boxes)]
+    nucleus = np.select(
+        [true_matched, ~stages[0], ~stages[1], ~stages[2]],
+        [NUCLEUS_BUCKETS.index(b) for b in ("matched", "no_proposal", "low_score", "suppressed")],
+        NUCLEUS_BUCKETS.index("mask_miss"),
+    )
+
+    touch = inter >= OVERLAP_SHARE * np.minimum(true_area[:, None], pred_area[None, :])
+    touch &= inter > 0
+    hits = touch.sum(axis=0)
+    hits_matched = (touch & true_matched[:, None]).any(axis=0)
+    predicted = np.select(
+        [pred_matched, hits >= 2, hits_matched, hits == 1],
+        [-1, *(PREDICTED_BUCKETS.index(b) for b in ("fp_merge", "fp_duplicate", "fp_part"))],
+        PREDICTED_BUCKETS.index("fp_background"),
+    )
+    return nucleus.astype(int), predicted.astype(int), side
+
+
+def _size_label(lo, hi) -> str:
+    return f"< {hi} px" if lo is None else f">= {lo} px" if hi is None else f"{lo}-{hi} px"
+
+
+def summarise_waterfall(nucleus: np.ndarray, predicted: np.ndarray, side: np.ndarray) -> dict:
+    """Counts of :func:`waterfall_image`'s buckets over a split (concatenated arrays)."""
+    result = {name: int(np.sum(nucleus == i)) for i, name in enumerate(NUCLEUS_BUCKETS)}
+    result.update({name: int(np.sum(predicted == i)) for i, name in enumerate(PREDICTED_BUCKETS)})
+    result["nuclei"], result["predicted"] = int(nucleus.size), int(predicted.size)
+    edges = (None, *SIZE_BINS, None)
+    result["by_size"] = {}
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = np.ones(side.shape, bool)
+        if lo is not None:
+            inside &= side >= lo
+        if hi is not None:
+            inside &= side < hi
+        counts = {name: int(np.sum(nucleus[inside] == i)) for i, name in enumerate(NUCLEUS_BUCKETS)}
+        result["by_size"][_size_label(lo, hi)] = {"nuclei": int(inside.sum()), **counts}
+    return result
+
+
+def _stage_program(model):
+    """Jitted ``(values, images) -> dict`` of the inference stages the waterfall follows: valid proposals,
+    box-head outputs before NMS (:func:`maskrcnn.postprocess.detection_candidates`) and kept detections,
+    through the model's own methods (as :meth:`MaskRCNN.call` runs them)."""
+    from maskrcnn import postprocess
+
+    variables = model.trainable_variables + model.non_trainable_variables
+
+    @jax.jit
+    def run(values, images):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            size = model._image_size(images)
+            pyramid = model.features(images)
+            rpn_logits, rpn_deltas = model.rpn_head(pyramid)
+            proposals, proposal_scores, proposal_valid = model.proposals(rpn_logits, rpn_deltas, size)
+            class_logits, box_deltas = model.box_head(
+                model.roi_features(pyramid[:4], proposals, model.config.pool_size)
+            )
+            boxes, scores, _, usable = jax.vmap(
+                functools.partial(
+                    postprocess.detection_candidates,
+                    image_size=size,
+                    objectness_weight=model.config.detection_objectness_weight,
+                )
+            )(class_logits, box_deltas, proposals, proposal_valid, proposal_scores)
+            detections = model.detections(
+                class_logits, box_deltas, proposals, proposal_valid, size, proposal_scores=proposal_scores
+            )
+        return {
+            "proposals": proposals,
+            "proposal_valid": proposal_valid,
+            "candidates": boxes,
+            "candidate_valid": usable & (scores >= model.config.detection_min_confidence),
+            "detections": detections["boxes"],
+            "detection_valid": detections["valid"],
+        }
+
+    return lambda images: jax.device_get(run([v.value for v in variables], images))
+
+
+def diagnose(config: Config, model, split: str, *, progress: bool = True) -> dict:
+    """Follows every nucleus of ``split`` through ``model`` (:func:`waterfall_image`) and sums the buckets.
+
+    The label maps are those of ``maskrcnn evaluate`` and ``predict`` (:func:`maskrcnn.inference.
+    make_predict_fn`), so ``matched`` equals the true positives of their PQ matching.
+
+    Returns:
+      dict: every bucket of :data:`NUCLEUS_BUCKETS` and :data:`PREDICTED_BUCKETS` with its count,
+      ``nuclei`` and ``predicted`` (their sums), ``by_size`` (the nucleus buckets per box size in input
+      pixels), ``images``, ``split`` and ``detection_min_confidence``.
+    """
+    from tqdm.auto import tqdm
+
+    from maskrcnn.inference import make_predict_fn
+
+    tile, scale = input_pipeline.PANNUKE_SIZE, config.data.scale
+    predict = make_predict_fn(model, (tile, tile), scale, config.model.mask_threshold)
+    stages = _stage_program(model)
+    nucleus, predicted, sides, images = [], [], [], 0
+    total = len(input_pipeline.open_split(config.data, split))
+    bar = tqdm(total=total, desc=f"diagnose {split}", disable=not progress, dynamic_ncols=True)
+    for batch in input_pipeline.make_eval_iterator(config, split):
+        labels = predict(batch["image"])["labels"]
+        out = stages(batch["image"])
+        for i in np.nonzero(batch["example_valid"])[0]:
+            n, p, s = waterfall_image(
+                batch["instances"][i],
+                labels[i],
+                scale=scale,
+                proposals=out["proposals"][i][out["proposal_valid"][i]],
+                scored_boxes=out["candidates"][i][out["candidate_valid"][i]],
+                kept_boxes=out["detections"][i][out["detection_valid"][i]],
+            )
+            nucleus.append(n)
+            predicted.append(p)
+            sides.append(s)
+            images += 1
+            bar.update(1)
+    bar.close()
+    result = summarise_waterfall(np.concatenate(nucleus), np.concatenate(predicted), np.concatenate(sides))
+    result.update(images=images, split=split, detection_min_confidence=config.model.detection_min_confidence)
+    return result
+
+
+def format_waterfall(result: dict) -> str:
+    """Markdown tables of :func:`diagnose`'s result: nucleus buckets (with their share and per size) and
+    the unmatched predicted instances."""
+    total, predicted = max(result["nuclei"], 1), max(result["predicted"], 1)
+    sizes = list(result["by_size"])
+    lines = [
+        f"{result['nuclei']} nuclei in {result['images']} images; detection threshold "
+        f"{result['detection_min_confidence']:g}",
+        "",
+        "| nuclei: first stage that loses them | count | share | " + " | ".join(sizes) + " |",
+        "|---|---:|---:|" + "---:|" * len(sizes),
+    ]
+    for name in NUCLEUS_BUCKETS:
+        per_size = [
+            f"{row[name] / max(row['nuclei'], 1):.1%}" for row in (result["by_size"][s] for s in sizes)
+        ]
+        lines.append(
+            f"| {name} | {result[name]} | {result[name] / total:.1%} | " + " | ".join(per_size) + " |"
+        )
+    lines.append(
+        f"| nuclei | {result['nuclei']} | 100% | "
+        + " | ".join(str(result["by_size"][s]["nuclei"]) for s in sizes)
+        + " |"
+    )
+    lines += [
+        "",
+        "| predicted instances | count | share |",
+        "|---|---:|---:|",
+        f"| matched | {result['matched']} | {result['matched'] / predicted:.1%} |",
+    ]
+    lines += [f"| {name} | {result[name]} | {result[name] / predicted:.1%} |" for name in PREDICTED_BUCKETS]
+    lines.append(f"| predicted | {result['predicted']} | 100% |")
     return "\n".join(lines)

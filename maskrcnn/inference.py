@@ -61,12 +61,8 @@ def evaluate(
     ``coco`` (:func:`maskrcnn.evaluation.coco_mask_ap`). ``references``: published per-tissue bPQ set
     beside ours (:func:`maskrcnn.evaluation.read_references`).
     """
-    size = config.data.image_size
     predict = make_predict_fn(
-        model,
-        (input_pipeline.PANNUKE_SIZE,) * 2,
-        size / input_pipeline.PANNUKE_SIZE,
-        config.model.mask_threshold,
+        model, (input_pipeline.PANNUKE_SIZE,) * 2, config.data.scale, config.model.mask_threshold
     )
     tissues, images, true_inst, true_cls, pred_inst, pred_cls, ap_inputs = [], [], [], [], [], [], []
     total = len(input_pipeline.open_split(config.data, split))

@@ -25,6 +25,7 @@ PANNUKE_TISSUES = (
     "Liver", "Lung", "Ovarian", "Pancreatic", "Prostate", "Skin", "Stomach", "Testis", "Thyroid", "Uterus",
 )  # fmt: skip
 FOLDS = (1, 2, 3)
+PATCH_SIZE = 256  # side of a PanNuke patch, in pixels at 40x (0.25 um/px)
 FILES = ("images.npy", "masks.npy", "types.npy")
 # The seed paper's test set size; drawn without replacement here (its code drew with replacement).
 PAPER_TEST_IMAGES = 490
@@ -181,14 +182,6 @@ def open_fold(paths: dict[str, str], opener=open, size: int | None = 256):
     if unknown:
         raise ValueError(f"{paths['types.npy']}: unknown tissues {unknown}; PanNuke's are {PANNUKE_TISSUES}")
     return images, masks, types
-
-
-def builder_class():
-    """The tfds builder class (:mod:`maskrcnn.datasets.pannuke`), imported on demand: the builder imports
-    this module, not the other way round."""
-    from maskrcnn.datasets.pannuke import Builder
-
-    return Builder
 
 
 # ------------------------------------------------------------------------------------------ examples

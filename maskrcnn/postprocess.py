@@ -83,16 +83,54 @@ def propose(
     )
 
 
+def detection_candidates(
+    class_logits,
+    box_deltas,
+    rois,
+    roi_valid,
+    roi_scores=None,
+    *,
+    image_size: tuple[int, int],
+    objectness_weight: float = 0.0,
+    std=BOX_STD,
+):
+    """Every (ROI, foreground class) pair of one image as a detection candidate, before the score
+    threshold and NMS of :func:`detect`.
+
+    Args: as :func:`detect`.
+
+    Returns:
+      boxes float32 (R * K, 4) each class's refined box clipped to the image, scores float32 (R * K,) the
+      score (:func:`detect`), classes int32 (R * K,) in 1..K, usable bool (R * K,): a valid ROI and a box with
+      area. Candidate ``r * K + k - 1`` is ROI ``r`` with class ``k``.
+    """
+    num_rois, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)[:, 1:]  # (R, K)
+    if objectness_weight and roi_scores is not None:
+        objectness = jnp.clip(roi_scores.astype(jnp.float32), 0.0, 1.0)[:, None]
+        probs = probs ** (1.0 - objectness_weight) * objectness**objectness_weight
+    probs = probs.reshape(-1)  # (R * K,)
+    per_class = box_deltas[:, 1:] if box_deltas.shape[1] > 1 else box_deltas  # class-agnostic: one set
+    deltas = jnp.broadcast_to(per_class, (num_rois, num_classes, 4)).astype(jnp.float32).reshape(-1, 4)
+    classes = jnp.tile(jnp.arange(1, num_classes + 1, dtype=jnp.int32), num_rois)
+    candidate_rois = jnp.repeat(jnp.asarray(rois, jnp.float32), num_classes, axis=0)
+    boxes = clip_boxes(decode_boxes(deltas, candidate_rois, std=std), *image_size)
+    usable = jnp.repeat(roi_valid, num_classes) & _big_enough(boxes, MIN_DETECTION_SIZE)
+    return boxes, probs, classes, usable
+
+
 def detect(
     class_logits,
     box_deltas,
     rois,
     roi_valid,
+    roi_scores=None,
     *,
     image_size: tuple[int, int],
     min_confidence: float,
     nms_threshold: float,
     max_detections: int,
+    objectness_weight: float = 0.0,
     std=BOX_STD,
 ):
     """Final detections of one image (torchvision's ``postprocess_detections``).
@@ -104,26 +142,30 @@ def detect(
     split between classes (background 0.1 with two classes at 0.45 gives two candidates at 0.45), where
     Matterport's ``refine_detections_graph`` (one argmax class per ROI, background included) drops it.
 
+    The score is the class probability ``p``, or with ``objectness_weight`` ``w`` > 0 the weighted
+    geometric mean ``p ** (1 - w) * o ** w`` with the RPN's object probability ``o`` of the ROI
+    (``roi_scores``): both stages' evidence that a nucleus is there.
+
     Args:
       class_logits: (R, K+1); box_deltas: (R, K+1, 4), or (R, 1, 4) from a class-agnostic box head;
-      rois: float32 (R, 4); roi_valid: bool (R,).
+      rois: float32 (R, 4); roi_valid: bool (R,); roi_scores: float (R,) the proposals' object
+        probabilities (used only with ``objectness_weight``).
 
     Returns:
       dict: ``boxes`` float32 (D, 4), ``scores`` float32 (D,), ``classes`` int32 (D,) in 1..K,
       ``valid`` bool (D,), D = ``max_detections``.
     """
-    num_rois, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
-    probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)[:, 1:].reshape(-1)  # (R * K,)
-    per_class = box_deltas[:, 1:] if box_deltas.shape[1] > 1 else box_deltas  # class-agnostic: one set
-    deltas = jnp.broadcast_to(per_class, (num_rois, num_classes, 4)).astype(jnp.float32).reshape(-1, 4)
-    classes = jnp.tile(jnp.arange(1, num_classes + 1, dtype=jnp.int32), num_rois)
-    candidate_rois = jnp.repeat(jnp.asarray(rois, jnp.float32), num_classes, axis=0)
-    boxes = clip_boxes(decode_boxes(deltas, candidate_rois, std=std), *image_size)
-    keep = (
-        jnp.repeat(roi_valid, num_classes)
-        & (probs >= min_confidence)
-        & _big_enough(boxes, MIN_DETECTION_SIZE)
+    boxes, probs, classes, usable = detection_candidates(
+        class_logits,
+        box_deltas,
+        rois,
+        roi_valid,
+        roi_scores,
+        image_size=image_size,
+        objectness_weight=objectness_weight,
+        std=std,
     )
+    keep = usable & (probs >= min_confidence)
     # Per-class NMS in one call: shifting each class's boxes by a multiple of the image size puts boxes of
     # different classes far apart, so they never suppress each other.
     offset = (classes.astype(jnp.float32) * (max(image_size) + 1.0))[:, None]

@@ -1,11 +1,9 @@
 """``maskrcnn predict``: instance segmentation of whole images of any size, tile by tile.
 
 An image is read (PNG, JPEG, TIFF; RGB, RGBA, greyscale, 8 or 16 bit), optionally rescaled to PanNuke's
-40x resolution, cut into overlapping 256 px tiles, and each tile segmented. Each tile keeps only the
-nuclei whose centroid lies in its *core*: the tile minus half the overlap on every side that borders
-another tile. The cores partition the image, so every nucleus is kept by exactly one tile, and a nucleus
-smaller than half the overlap is whole in that tile. Outputs: the label map (TIFF), a CSV of instances
-and an overlay picture.
+40x resolution, cut into overlapping 256 px tiles and segmented tile by tile, each nucleus kept by the tile
+that owns its centre (:mod:`maskrcnn.tiling`). Outputs: the label map (TIFF), a CSV of instances and an
+overlay picture.
 
 Whole-slide images (.svs, tiled pyramidal TIFF, the other formats OpenSlide reads) take the streaming
 path of :mod:`maskrcnn.slides` instead, with the same tiles and ownership rule.
@@ -16,15 +14,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from collections.abc import Callable, Iterable
 
 import numpy as np
 from scipy import ndimage
 
-TILE = 256  # PanNuke's patch size: the resolution the models are trained at
+from maskrcnn.slides.reader import SLIDE_SUFFIXES
+from maskrcnn.tiling import TILE, segment_large
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-# Whole-slide formats (OpenSlide's); tiled TIFFs are slides too (maskrcnn.slides.is_slide).
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 
 
 class ImageError(ValueError):
@@ -66,96 +63,6 @@ def read_image(path: str) -> np.ndarray:
         top = 1.0 if np.nanmax(array) <= 1.0 else 255.0
         return np.clip(np.rint(np.nan_to_num(array) / top * 255.0), 0, 255).astype(np.uint8)
     raise ImageError(f"{path}: unsupported pixel type {array.dtype}; expected 8 or 16 bit integers or floats")
-
-
-def tile_origins(size: int, tile: int, overlap: int) -> list[int]:
-    """Starts of tiles of ``tile`` px covering [0, size) with at least ``overlap`` px between neighbours."""
-    if size <= tile:
-        return [0]
-    stride = tile - overlap
-    count = -(-(size - tile) // stride) + 1
-    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
-
-
-def tile_cores(origins: list[int], tile: int, size: int) -> list[tuple[int, int]]:
-    """The part ``[lo, hi)`` of each tile that it owns: halfway into every overlap with a neighbour.
-
-    The cores of :func:`tile_origins`' tiles partition ``[0, size)``.
-    """
-    bounds = []
-    for i, start in enumerate(origins):
-        lo = 0 if i == 0 else (origins[i - 1] + tile + start) // 2
-        hi = size if i == len(origins) - 1 else (start + tile + origins[i + 1]) // 2
-        bounds.append((lo, hi))
-    return bounds
-
-
-def owned_ids(
-    tile_labels: np.ndarray, origin: tuple[int, int], y_core: tuple[int, int], x_core: tuple[int, int]
-) -> np.ndarray:
-    """The instance ids of one tile that the tile owns: those whose centroid lies in its core.
-
-    Args:
-      tile_labels: int (TILE, TILE) label map of the tile (0 background).
-      origin: (y, x) of the tile's top-left pixel in the image.
-      y_core, x_core: the tile's core ``[lo, hi)`` along each axis, in image pixels (:func:`tile_cores`).
-
-    Returns:
-      int (n,) the owned ids, ascending.
-    """
-    ids = np.unique(tile_labels)
-    ids = ids[ids > 0]
-    if not len(ids):
-        return ids
-    centres = np.asarray(ndimage.center_of_mass(np.ones_like(tile_labels), tile_labels, ids)).reshape(-1, 2)
-    gy, gx = centres[:, 0] + origin[0], centres[:, 1] + origin[1]
-    inside = (y_core[0] <= gy) & (gy < y_core[1]) & (x_core[0] <= gx) & (gx < x_core[1])
-    return ids[inside]
-
-
-def segment_large(
-    image: np.ndarray,
-    predict_tiles: Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]],
-    *,
-    overlap: int = 64,
-    batch: int = 8,
-) -> tuple[np.ndarray, list[dict]]:
-    """Segments an image of any size with a tile predictor and stitches the nuclei.
-
-    Args:
-      image: uint8 (H, W, 3) at the model's resolution (smaller images are padded with white).
-      predict_tiles: uint8 (N, TILE, TILE, 3) -> per tile (labels int (TILE, TILE), scores (D,), classes
-        (D,)) where label d + 1 is detection d.
-      overlap: pixels shared by neighbouring tiles; nuclei up to half of it across are never cut.
-
-    Returns:
-      int32 (H, W) label map (ids 1..n) and one dict per instance: id, class, score.
-    """
-    height, width = image.shape[:2]
-    padded_h, padded_w = max(height, TILE), max(width, TILE)
-    canvas = np.full((padded_h, padded_w, 3), 255, np.uint8)
-    canvas[:height, :width] = image
-    ys, xs = tile_origins(padded_h, TILE, overlap), tile_origins(padded_w, TILE, overlap)
-    y_cores, x_cores = tile_cores(ys, TILE, padded_h), tile_cores(xs, TILE, padded_w)
-    jobs = [
-        (y, x, yc, xc) for y, yc in zip(ys, y_cores, strict=True) for x, xc in zip(xs, x_cores, strict=True)
-    ]
-    labels = np.zeros((padded_h, padded_w), np.int32)
-    instances = []
-    for start in range(0, len(jobs), batch):
-        chunk = jobs[start : start + batch]
-        tiles = np.stack([canvas[y : y + TILE, x : x + TILE] for y, x, _, _ in chunk])
-        for (y, x, (y_lo, y_hi), (x_lo, x_hi)), (tile_labels, scores, classes) in zip(
-            chunk, predict_tiles(tiles), strict=True
-        ):
-            for ident in owned_ids(tile_labels, (y, x), (y_lo, y_hi), (x_lo, x_hi)):
-                where = (tile_labels == ident) & (labels[y : y + TILE, x : x + TILE] == 0)
-                new_id = len(instances) + 1
-                labels[y : y + TILE, x : x + TILE][where] = new_id
-                instances.append(
-                    {"id": new_id, "class": int(classes[ident - 1]), "score": float(scores[ident - 1])}
-                )
-    return labels[:height, :width], instances
 
 
 def instance_table(labels: np.ndarray, instances: list[dict], class_names) -> list[dict]:
@@ -282,26 +189,6 @@ def check_arguments(inputs: list[str], out_dir: str, overlap: int) -> list[tuple
             + ", ".join(inputs)
         )
     return list(zip(paths, output_names(paths), strict=True))
-
-
-def make_tile_predictor(config, model):
-    """A ``predict_tiles`` for :func:`segment_large` from a trained model and its config."""
-    from maskrcnn import input_pipeline
-    from maskrcnn.inference import make_predict_fn
-
-    size = config.data.image_size
-    predict = make_predict_fn(model, (TILE, TILE), size / TILE, config.model.mask_threshold)
-
-    def predict_tiles(tiles):
-        if size != TILE:
-            tiles = np.stack([input_pipeline.resize(t, t[..., 0], t[..., 0], size)[0] for t in tiles])
-        out = predict(tiles)
-        return [
-            (out["labels"][i], out["scores"][i], np.where(out["valid"][i], out["classes"][i], 0))
-            for i in range(len(tiles))
-        ]
-
-    return predict_tiles
 
 
 def predict_files(

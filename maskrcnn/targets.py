@@ -7,6 +7,8 @@ Boxes are (y1, x1, y2, x2) absolute pixels on pixel edges. Padded ground-truth s
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -56,6 +58,7 @@ def assign_anchors(
     level_sizes: tuple[int, ...] | None = None,
     atss_candidates: str = "anchors",
     anchors_per_location: int = 1,
+    level_shapes: tuple[tuple[int, int], ...] | None = None,
     ignore_boxes=None,
     ignore_valid=None,
 ):
@@ -76,16 +79,23 @@ def assign_anchors(
     anchors at IoU >= ``negative_iou`` with an ignored box (ground truth left out by the
     input pipeline) are not negatives, so a nucleus without a slot is never taught as background.
 
+    The ATSS candidates are found in a window of locations around each box's centre on each level
+    (:func:`_atss_candidates`), not by ranking every anchor of the level: the same candidates, without a
+    top-k or a scatter over all anchors (what a GPU runs slowly).
+
     Args:
       anchors: float32 (A, 4) yxyx pixels; gt_boxes: float32 (M, 4); gt_valid: bool (M,).
       level_sizes: anchors per FPN level, in the order of ``anchors`` (needed by "atss").
       atss_candidates: "anchors" or "locations" (see above); anchors_per_location: for "locations".
+      level_shapes: (rows, columns) of locations on each level, the grid ``anchors`` were made on ("atss";
+        from ``level_sizes`` and ``anchors_per_location`` for square levels when not given).
       ignore_boxes: optional float32 (G, 4) with ignore_valid bool (G,).
 
     Returns:
       positive bool (A,), negative bool (A,), matched int32 (A,): the ground-truth index whose box a
       positive anchor regresses to.
     """
+    anchors = jnp.asarray(anchors, jnp.float32)
     if gt_boxes.shape[0] == 0:
         positive = jnp.zeros(anchors.shape[:1], bool)
         negative = ~positive
@@ -105,42 +115,110 @@ def assign_anchors(
             raise ValueError(
                 f"rule='atss' needs level_sizes summing to {anchors.shape[0]}, got {level_sizes}"
             )
-        a_centre = (anchors[:, :2] + anchors[:, 2:]) / 2
-        g_centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
         if atss_candidates not in ("anchors", "locations"):
             raise ValueError(f"atss_candidates must be 'anchors' or 'locations', got {atss_candidates!r}")
-        # Candidates are picked in groups: every anchor of a location, or each anchor on its own.
-        group = anchors_per_location if atss_candidates == "locations" else 1
-        columns = jnp.arange(gt_boxes.shape[0])[:, None]
-        candidate = jnp.zeros(iou.shape, bool)
-        first = 0
-        for size in level_sizes:
-            if size % group:
-                raise ValueError(f"a level of {size} anchors is not {group} a location")
-            centres = a_centre[first : first + size : group]  # one per group
-            dist = jnp.sum((g_centre[:, None, :] - centres[None, :, :]) ** 2, axis=-1)  # (M, groups)
-            _, nearest = jax.lax.top_k(-dist, min(topk, centres.shape[0]))  # (M, k)
-            members = (nearest[:, :, None] * group + jnp.arange(group)).reshape(nearest.shape[0], -1)
-            candidate = candidate.at[first + members, columns].set(True)
-            first += size
-        count = candidate.sum(axis=0)
-        mean = jnp.sum(jnp.where(candidate, iou, 0.0), axis=0) / count
-        var = jnp.sum(jnp.where(candidate, (iou - mean) ** 2, 0.0), axis=0) / jnp.maximum(count - 1, 1)
+        if level_shapes is None:  # square levels
+            side = [round((size // anchors_per_location) ** 0.5) for size in level_sizes]
+            level_shapes = tuple((n, n) for n in side)
+        candidates = _atss_candidates(
+            anchors, gt_boxes, level_sizes, level_shapes, topk, anchors_per_location, atss_candidates
+        )  # (M, C) anchor indices
+        boxes = anchors[candidates]  # (M, C, 4)
+        c_iou = _aligned_iou(boxes, gt_boxes[:, None, :])  # (M, C)
+        count = candidates.shape[1]
+        mean = jnp.mean(c_iou, axis=1, keepdims=True)
+        var = jnp.sum((c_iou - mean) ** 2, axis=1, keepdims=True) / max(count - 1, 1)  # unbiased
+        centre = (boxes[..., :2] + boxes[..., 2:]) / 2
         inside = (
-            (a_centre[:, None, 0] > gt_boxes[None, :, 0])
-            & (a_centre[:, None, 1] > gt_boxes[None, :, 1])
-            & (a_centre[:, None, 0] < gt_boxes[None, :, 2])
-            & (a_centre[:, None, 1] < gt_boxes[None, :, 3])
+            (centre[..., 0] > gt_boxes[:, None, 0])
+            & (centre[..., 1] > gt_boxes[:, None, 1])
+            & (centre[..., 0] < gt_boxes[:, None, 2])
+            & (centre[..., 1] < gt_boxes[:, None, 3])
         )
-        pairs = candidate & inside & gt_valid[None, :] & (iou >= mean + jnp.sqrt(var)) & (iou > 0)
-        positive = jnp.any(pairs, axis=1)
-        matched = jnp.where(positive, jnp.where(pairs, iou, -1.0).argmax(axis=1), best_gt).astype(jnp.int32)
+        pairs = inside & gt_valid[:, None] & (c_iou >= mean + jnp.sqrt(var)) & (c_iou > 0)
+        # Each anchor takes the box of highest IoU among those it is a positive for (the lowest index on
+        # ties, as an argmax): a scatter-max of the IoUs, then a scatter-min of the boxes that reach it.
+        flat = candidates.reshape(-1)
+        pair_iou = jnp.where(pairs, c_iou, -1.0).reshape(-1)
+        best = jnp.full(anchors.shape[:1], -1.0).at[flat].max(pair_iou)
+        owner = jnp.broadcast_to(jnp.arange(gt_boxes.shape[0], dtype=jnp.int32)[:, None], candidates.shape)
+        reaches = pairs.reshape(-1) & (pair_iou == best[flat])
+        first = (
+            jnp.full(anchors.shape[:1], gt_boxes.shape[0], jnp.int32)
+            .at[flat]
+            .min(jnp.where(reaches, owner.reshape(-1), gt_boxes.shape[0]))
+        )
+        positive = best >= 0
+        matched = jnp.where(positive, first, best_gt).astype(jnp.int32)
     else:
         raise ValueError(f"model.rpn_assignment must be 'iou' or 'atss', got {rule!r}")
     negative = (best_iou < negative_iou) & ~positive
     if ignore_boxes is not None:
         negative &= _max_iou(anchors, ignore_boxes, ignore_valid) < negative_iou
     return positive, negative, matched
+
+
+def _aligned_iou(a, b):
+    """IoU of boxes paired elementwise: float (..., 4) and (..., 4) yxyx, broadcast -> float32 (...), with
+    :func:`maskrcnn.ops.pairwise_iou`'s arithmetic."""
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    inter = jnp.maximum(
+        jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]), 0.0
+    ) * jnp.maximum(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]), 0.0)
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+
+
+def _atss_candidates(anchors, gt_boxes, level_sizes, level_shapes, topk, per_location, mode):
+    """int32 (M, C): each box's ATSS candidates, level by level, nearest first (ties: the lower index).
+
+    ``mode="anchors"``: the ``topk`` anchors of each level whose centres are nearest the box's centre;
+    ``"locations"``: every anchor of the ``topk`` nearest locations. Anchors are on a regular grid, so a
+    box's nearest locations lie in a small window of them around its centre: each level ranks the anchors
+    of a window of ``2 h + 1`` locations a side (``h = ceil(sqrt(k)) + 1`` for the ``k`` locations it
+    needs), moved inward at the level's edges. Every location outside the window is at least ``h - 1/2``
+    strides from the centre, farther than the ``k``-th nearest (``sqrt(k / pi) + 1/sqrt(2)`` strides at
+    most), so the window holds the same candidates as ranking the whole level, and the window is listed
+    in index order, so ties break the same way.
+    """
+    a_centre = (anchors[:, :2] + anchors[:, 2:]) / 2
+    g_centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    picked, first = [], 0
+    for size, (rows, cols) in zip(level_sizes, level_shapes, strict=True):
+        if rows * cols * per_location != size:
+            raise ValueError(f"a level of {size} anchors is not {rows} x {cols} locations of {per_location}")
+        k = min(topk, size if mode == "anchors" else rows * cols)  # anchors or locations to take
+        k_locations = -(-k // per_location) if mode == "anchors" else k
+        half = math.ceil(math.sqrt(k_locations)) + 1
+        side_y, side_x = min(2 * half + 1, rows), min(2 * half + 1, cols)
+        # The nearest location's row and column, from the level's grid of location centres.
+        origin = a_centre[first]
+        step_y = a_centre[first + cols * per_location, 0] - origin[0] if rows > 1 else 1.0
+        step_x = a_centre[first + per_location, 1] - origin[1] if cols > 1 else 1.0
+        row = jnp.round((g_centre[:, 0] - origin[0]) / step_y).astype(jnp.int32)
+        col = jnp.round((g_centre[:, 1] - origin[1]) / step_x).astype(jnp.int32)
+        top = jnp.clip(row - side_y // 2, 0, rows - side_y)
+        left = jnp.clip(col - side_x // 2, 0, cols - side_x)
+        window = (top[:, None, None] + jnp.arange(side_y)[None, :, None]) * cols + (
+            left[:, None, None] + jnp.arange(side_x)[None, None, :]
+        )  # (M, side_y, side_x) location indices, in index order
+        locations = window.reshape(window.shape[0], -1)
+        if mode == "anchors":  # every anchor of the window ranked on its own centre
+            units = (locations[:, :, None] * per_location + jnp.arange(per_location)).reshape(
+                window.shape[0], -1
+            )
+        else:  # each location ranked on its first anchor's centre
+            units = locations * per_location
+        dist = jnp.sum((g_centre[:, None, :] - a_centre[first + units]) ** 2, axis=-1)
+        _, nearest = jax.lax.top_k(-dist, k)
+        chosen = jnp.take_along_axis(units, nearest, axis=1)
+        if mode == "locations":
+            chosen = (chosen[:, :, None] + jnp.arange(per_location)).reshape(chosen.shape[0], -1)
+        picked.append(first + chosen)
+        first += size
+    return jnp.concatenate(picked, axis=1).astype(jnp.int32)
 
 
 def rpn_targets(

@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The benchmarks are scripts in one folder that import each other by name.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 
 
 def test_peer_config_fills_the_detection_slots():
-    from experiments.bench_peer import peer_config
+    from bench_peer import peer_config
 
     config = peer_config("tiny", [])
     assert config.model.detection_min_confidence == 0.0 and config.model.detection_nms_threshold == 1.0
@@ -19,7 +20,7 @@ def test_peer_config_fills_the_detection_slots():
 
 
 def test_report_reads_the_goal_from_the_same_work_row():
-    from experiments.bench_peer import mask_head_slots, peer_config, report
+    from bench_peer import mask_head_slots, peer_config, report
 
     config = peer_config("fast", [])
     assert mask_head_slots(config) == 84  # round(256 * 0.33)
@@ -65,7 +66,7 @@ def test_report_reads_the_goal_from_the_same_work_row():
 
 CHECK = """
 import torch
-from experiments.bench_peer import peer_config, torchvision_model
+from bench_peer import peer_config, torchvision_model
 
 config = peer_config("fast", [])
 m = config.model
@@ -83,7 +84,7 @@ with torch.inference_mode():
 assert out["masks"].shape[-2:] == (config.data.image_size,) * 2
 
 # fill_positives: background proposals, in order, take the class of the ground truth they overlap most.
-from experiments.bench_peer import fill_positives
+from bench_peer import fill_positives
 proposals = [torch.tensor([[0, 0, 10, 10], [50, 50, 60, 60], [30, 30, 40, 40], [100, 100, 110, 110.0]])]
 truth = [torch.tensor([[0, 0, 10, 10], [100, 100, 110, 110.0]])], [torch.tensor([1, 2])]
 heads = model.roi_heads
@@ -101,5 +102,6 @@ def test_torchvision_model_has_our_shapes_and_fills_positives():
     # In a process of its own: torch and XLA in one test worker crashed it.
     pytest.importorskip("torchvision")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", CHECK], cwd=root, capture_output=True, text=True, timeout=300)
+    here = os.path.join(root, "experiments")  # the benchmarks import each other by name
+    out = subprocess.run([sys.executable, "-c", CHECK], cwd=here, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -15,7 +15,7 @@ from tests.model.helpers import tiny_training_config
 
 # ----------------------------------------------------------------------------------------- configs
 BAD_VALUES = [
-    ("data.image_size=250", "data.image_size=250 must be a positive multiple of 64"),
+    ("data.scale=0.9", "data.scale=0.9 gives 230.4 px model images"),
     ("train.batch_size=0", "train.batch_size=0 must be at least 1"),
     ("train.checkpoint_every_steps=0", "train.checkpoint_every_steps=0 must be at least 1"),
     ("model.rpn_nms_threshold=high", "model.rpn_nms_threshold must be float, got 'high'"),
@@ -167,8 +167,8 @@ def test_a_resume_with_another_config_is_refused_before_anything_is_written(tmp_
     workdir = str(tmp_path / "run")
     paths = _fake_run(workdir, config)
     before = open(os.path.join(workdir, "config.json")).read()
-    bigger = apply_overrides(config, ["data.image_size=192", "train.batch_size=4"])
-    with pytest.raises(ValueError, match=r"data.image_size: 128 -> 192; .*train.batch_size: 2 -> 4"):
+    bigger = apply_overrides(config, ["data.scale=0.75", "train.batch_size=4"])
+    with pytest.raises(ValueError, match=r"data.scale: 0.5 -> 0.75; .*train.batch_size: 2 -> 4"):
         train(bigger, workdir, resume=True)
     assert open(os.path.join(workdir, "config.json")).read() == before
     longer = dataclasses.replace(

@@ -76,7 +76,7 @@ def test_evaluate_on_two_images_with_a_stub_model_gives_the_pq_worked_by_hand(tm
     config = load_config("tiny")
     config = dataclasses.replace(
         config,
-        data=dataclasses.replace(config.data, image_size=256),
+        data=dataclasses.replace(config.data, scale=1.0),
         train=dataclasses.replace(config.train, batch_size=2),
     )
     found = [list(squares[0]), [squares[1][0], (150, 150, 170, 170)]]

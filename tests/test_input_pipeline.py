@@ -128,7 +128,7 @@ def test_truncation_picks_without_regard_to_size_and_reports_the_rest_as_ignored
 
 
 def test_truncation_is_reported_in_batches():
-    config = config_for("tiny", max_instances=3, augment=False, image_size=256)
+    config = config_for("tiny", max_instances=3, augment=False, scale=1.0)
     batch = next(ip.make_eval_iterator(config, "fold1"))
     source = ip.open_split(config.data, "fold1")
     originals = [len(np.unique(source[i]["instances"])) - 1 for i in range(len(batch["index"]))]
@@ -210,8 +210,8 @@ def test_rotation_drops_nuclei_that_leave_the_image():
 
 
 def test_resize_scales_boxes():
-    config = config_for("tiny", image_size=512, augment=False)
-    small = config_for("tiny", image_size=256, augment=False)
+    config = config_for("tiny", scale=2.0, augment=False)
+    small = config_for("tiny", scale=1.0, augment=False)
     a = next(ip.make_eval_iterator(config, "fold1"))
     b = next(ip.make_eval_iterator(small, "fold1"))
     assert a["image"].shape[1:3] == (512, 512)
@@ -341,3 +341,26 @@ def test_a_zipped_or_missing_fold_folder_is_explained(tmp_path):
         ip.open_split(data, str(tmp_path / "fold_3.zip"))
     with pytest.raises(FileNotFoundError, match="no PanNuke-format fold folder"):
         ip.open_split(data, str(tmp_path / "nowhere"))
+
+
+def test_worker_processes_give_the_batches_of_threads():
+    from maskrcnn.input_pipeline import loader
+
+    threads = config_for("tiny", loader="threads")
+    processes = config_for("tiny", loader="processes", loader_workers=2)
+    assert not loader.use_processes(threads.data) and loader.use_processes(processes.data)
+    try:
+        for make in (
+            lambda c: ip.make_train_iterator(c, epoch=1, start_step=1),
+            lambda c: ip.make_eval_iterator(c, "fold3"),
+        ):
+            a, b = list(make(threads)), list(make(processes))
+            assert len(a) == len(b) > 0
+            for x, y in zip(a, b, strict=True):
+                assert x.keys() == y.keys()
+                for k in x:
+                    np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+        assert len(loader._POOLS) == 2  # one pool per source, kept across epochs
+    finally:
+        loader.shutdown_pools()
+    assert not loader._POOLS

@@ -144,3 +144,20 @@ def test_label_map_gives_overlaps_to_the_higher_score():
     assert labels[1, 1] == 1 and labels[3, 3] == 2 and labels[5, 5] == 2  # overlap to detection 1 (0.7)
     assert labels[7, 7] == 0  # invalid detection
     assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_objectness_weight_scores_by_the_geometric_mean_of_both_stages():
+    # Two ROIs of one class at class probability 0.25 and 0.64, object probabilities 1.0 and 0.01. With
+    # w = 1/2 the scores are sqrt(0.25 * 1.0) = 0.5 and sqrt(0.64 * 0.01) = 0.08, so the order flips and
+    # a threshold of 0.3 keeps only the first; w = 0 keeps the class probabilities.
+    rois = [[10, 10, 20, 20], [40, 40, 50, 50]]
+    kw = dict(image_size=(64, 64), min_confidence=0.3, nms_threshold=0.5, max_detections=2)
+    args = (_logits([[0.75, 0.25], [0.36, 0.64]]), jnp.zeros((2, 2, 4)), jnp.asarray(rois, jnp.float32))
+    valid, objectness = jnp.ones(2, bool), jnp.asarray([1.0, 0.01])
+    out = postprocess.detect(*args, valid, objectness, objectness_weight=0.5, **kw)
+    assert out["valid"].tolist() == [True, False]
+    np.testing.assert_allclose(out["scores"][0], 0.5, rtol=1e-5)
+    np.testing.assert_allclose(out["boxes"][0], rois[0], atol=1e-4)
+    plain = postprocess.detect(*args, valid, objectness, **kw)
+    assert plain["valid"].tolist() == [True, False]  # 0.64 passes 0.3, 0.25 does not
+    np.testing.assert_allclose(plain["scores"][0], 0.64, rtol=1e-5)

@@ -3,16 +3,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from maskrcnn.predict import (
-    TILE,
-    ImageError,
-    instance_table,
-    list_inputs,
-    read_image,
-    segment_large,
-    tile_origins,
-    write_outputs,
-)
+from maskrcnn.predict import ImageError, instance_table, list_inputs, read_image, write_outputs
+from maskrcnn.tiling import TILE, segment_large, tile_origins
 from tests.model.helpers import make_instances
 
 

@@ -208,3 +208,54 @@ def test_mask_targets_from_mini_masks_equal_those_from_full_masks(grow):
     from_mini = targets.crop_mask_targets(jnp.asarray(shape, jnp.float32)[None], box, roi, 28)
     np.testing.assert_array_equal(np.asarray(from_mini), np.asarray(from_full))
     assert np.asarray(from_full).sum() > 100
+
+
+def _atss_every_anchor(anchors, gt, valid, level_sizes, topk, group):
+    """ATSS ranking every anchor of each level (the form before the window): candidate sets, and the
+    positives and matches of those candidates. ``group``: 1 (by anchor) or anchors a location."""
+    iou = jnp.where(valid[None, :], pairwise_iou(anchors, gt), -1.0)
+    a_centre, g_centre = (anchors[:, :2] + anchors[:, 2:]) / 2, (gt[:, :2] + gt[:, 2:]) / 2
+    candidate, first = np.zeros(iou.shape, bool), 0
+    for size in level_sizes:
+        centres = a_centre[first : first + size : group]
+        dist = jnp.sum((g_centre[:, None, :] - centres[None, :, :]) ** 2, axis=-1)
+        _, nearest = jax.lax.top_k(-dist, min(topk, centres.shape[0]))
+        for m, row in enumerate(np.asarray(nearest)):
+            for n in row:
+                candidate[first + n * group : first + (n + 1) * group, m] = True
+        first += size
+    return candidate
+
+
+@pytest.mark.parametrize("candidates", ["anchors", "locations"])
+def test_atss_window_finds_the_candidates_of_ranking_every_anchor(candidates):
+    # The `learning` preset's anchors (256 px, 5 levels, 3 octaves x 3 ratios; P6 is 4 x 4, smaller than
+    # the window), boxes anywhere including the image's edges and centres on location boundaries (ties).
+    from maskrcnn.config import load_config
+    from maskrcnn.model.maskrcnn import anchor_assignment, config_anchors
+
+    config = load_config("learning")
+    anchors = jnp.asarray(config_anchors(config.model, (256, 256)))
+    kw = {**anchor_assignment(config.model, (256, 256)), "atss_candidates": candidates}
+    rng = np.random.default_rng(7)
+    centre = np.concatenate([rng.uniform(0, 256, (50, 2)), rng.integers(0, 33, (14, 2)) * 8.0])  # ties
+    centre[:4] = [[0, 0], [256, 256], [0, 255], [3.5, 250]]
+    half = rng.uniform(2, 40, (64, 2))
+    gt = np.clip(np.concatenate([centre - half, centre + half], axis=1), 0, 256).astype(np.float32)
+    valid = jnp.asarray(np.arange(64) < 60)
+    group = kw["anchors_per_location"] if candidates == "locations" else 1
+    want = _atss_every_anchor(anchors, jnp.asarray(gt), valid, kw["level_sizes"], kw["topk"], group)
+    got = targets._atss_candidates(
+        anchors,
+        jnp.asarray(gt),
+        kw["level_sizes"],
+        kw["level_shapes"],
+        kw["topk"],
+        kw["anchors_per_location"],
+        candidates,
+    )
+    got_sets = np.zeros_like(want)
+    for m, row in enumerate(np.asarray(got)):
+        got_sets[row, m] = True
+    np.testing.assert_array_equal(got_sets, want)
+    assert np.all(np.asarray(got)[:, : kw["topk"]] < kw["level_sizes"][0])  # level by level, P2 first

@@ -57,10 +57,10 @@ def test_a_wheel_in_a_fresh_venv_trains_tiny_and_builds_the_dataset(tmp_path):
         python,
         "-c",
         "import tensorflow_datasets as tfds\n"
-        "from maskrcnn.pannuke import builder_class\n"
+        "from maskrcnn.datasets.pannuke import Builder\n"
         "from maskrcnn.synthetic import write_folds\n"
         "write_folds('folds', 2, seed=0)\n"
-        "builder = builder_class()(config='all_classes', data_dir='tfds')\n"
+        "builder = Builder(config='all_classes', data_dir='tfds')\n"
         "builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir='folds'))\n"
         "n = len(tfds.data_source('pannuke/all_classes', split='fold1', data_dir='tfds'))\n"
         "print('RESULT', n, builder.info.citation.split(',')[0])\n",

@@ -16,7 +16,7 @@ def get_config():
     return dataclasses.replace(
         base,
         name="demo",
-        data=dataclasses.replace(base.data, image_size=256, max_instances=96, mini_mask_size=28),
+        data=dataclasses.replace(base.data, scale=1.0, max_instances=96, mini_mask_size=28),
         model=dataclasses.replace(
             base.model,
             anchor_scales=(8, 16, 32, 64, 128),

@@ -30,7 +30,7 @@ def get_config():
         name="fast",
         data=dataclasses.replace(
             base.data,
-            image_size=256,
+            scale=1.0,
             max_instances=256,
             mini_mask_size=28,
             hed_jitter=0.05,

@@ -3,12 +3,13 @@
     make bench-learning DATA=/path/to/consep_train    # see experiments/bench_learning.py
 
 The `demo` network made twice as wide, at PanNuke's 256 px, detecting every nucleus as one class (the
-"nuclei" variant; `learning_classes` is the five-class version), with room for
-the densest tiles (CoNSeP tiles hold up to 172 nuclei, median box side 19 px, 5-95% 8-43 px: anchors
-8-128 px cover them). It inherits `fast`'s detection recipe: three anchor octaves per level, ATSS anchor
-assignment, the best 1000 proposals of each level, stain and colour jitter (what each is worth:
-experiments/results/learning_ablation.md). Trains on folds 1 and 2 (the fold folders the benchmark
-builds) for 22 epochs (1,408 steps of 4 tiles); the benchmark evaluates on fold 3.
+"nuclei" variant; `learning_classes` is the five-class version), with room for the densest tiles (CoNSeP
+tiles hold up to 172 nuclei, median box side 19 px, 5-95% 8-43 px: anchors 8-128 px cover them). It inherits
+`fast`'s detection recipe: three anchor octaves per level, ATSS anchor assignment, the best 1000 proposals
+of each level, stain and colour jitter, and pools every nucleus from P2 (`roi_canonical_size` 224; what each
+choice is worth at an equal budget of images: experiments/results/learning_ablation.md). Trains on folds 1
+and 2 (the fold folders the benchmark builds) for 22 epochs (1,408 steps of 4 tiles); the benchmark
+evaluates on fold 3.
 """
 
 import dataclasses
@@ -44,6 +45,9 @@ def get_config():
             post_nms_rois_inference=768,
             train_rois_per_image=128,
             detection_max_instances=192,
+            # The FPN level rule k = floor(4 + log2(sqrt(wh) / canonical)): at 224 every ROI under 112 px
+            # (every nucleus) pools from P2; at 56, nuclei from 28 px up went to P3-P5 (ablation row `p2`).
+            roi_canonical_size=224.0,
         ),
         train=dataclasses.replace(
             base.train,

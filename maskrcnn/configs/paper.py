@@ -17,7 +17,7 @@ from maskrcnn.config import Config, DataConfig, ModelConfig, TrainConfig
 def get_config() -> Config:
     return Config(
         name="paper",
-        data=DataConfig(variant="neoplastic", image_size=1024, max_instances=100, mini_mask_size=56),
+        data=DataConfig(variant="neoplastic", scale=4.0, max_instances=100, mini_mask_size=56),
         model=ModelConfig(
             backbone="resnet101",
             backbone_style="matterport",

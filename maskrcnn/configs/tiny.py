@@ -15,7 +15,7 @@ def get_config():
     return dataclasses.replace(
         base,
         name="tiny",
-        data=dataclasses.replace(base.data, image_size=128, max_instances=64, mini_mask_size=14),
+        data=dataclasses.replace(base.data, scale=0.5, max_instances=64, mini_mask_size=14),
         model=dataclasses.replace(
             base.model,
             backbone="tiny",

@@ -8,7 +8,7 @@ import os
 from maskrcnn import pannuke
 from maskrcnn.config import DataConfig
 
-PANNUKE_SIZE = 256  # side of a PanNuke patch
+PANNUKE_SIZE = pannuke.PATCH_SIZE  # side of a PanNuke patch
 _SYNTHETIC_SEED = 2026
 
 
@@ -16,15 +16,17 @@ class SyntheticSource:
     """A split of three PanNuke-format folds generated in memory (see :mod:`maskrcnn.synthetic`).
 
     Splits are those of the tfds builder, drawn by the same functions (:func:`maskrcnn.pannuke.split_keys`)
-    from ``images_per_fold`` generated images per fold.
+    from ``images_per_fold`` generated images per fold, and joined by ``+`` as tfds joins them
+    (``fold1+fold2``).
     """
 
     def __init__(self, variant: str, split: str, images_per_fold: int):
         keys, self._examples = _synthetic_pool(variant, images_per_fold)
         splits = pannuke.split_keys(keys)
-        if split not in splits:
-            raise ValueError(f"unknown split {split!r}; the splits are {sorted(splits)}")
-        self.keys = splits[split]
+        unknown = [part for part in split.split("+") if part not in splits]
+        if unknown:
+            raise ValueError(f"unknown split {unknown[0]!r} in {split!r}; the splits are {sorted(splits)}")
+        self.keys = [key for part in split.split("+") for key in splits[part]]
 
     def __len__(self):
         return len(self.keys)

@@ -38,11 +38,12 @@ Everything else (bottlenecks with the stride on the first 1x1 convolution, biase
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 
 import keras
 from keras import layers
+
+from maskrcnn.model.named import import_named
 
 # Blocks per stage conv2..conv5 (He et al. 2016, Table 1). "tiny" is ours, for tests on a CPU.
 BACKBONES: dict[str, tuple[int, int, int, int]] = {
@@ -138,15 +139,7 @@ def from_layers(
 def build_backbone(config) -> keras.Model:
     """The backbone a ModelConfig names: ``"module:function"`` (called with ``config``) or a ResNet."""
     if ":" in config.backbone:
-        module, _, attr = config.backbone.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(
-                f"model.backbone={config.backbone!r}: cannot import {attr} from {module} ({error}); the "
-                "module must be importable (installed, or on PYTHONPATH) wherever the model is built"
-            ) from None
-        backbone = factory(config)
+        backbone = import_named(config.backbone, "model.backbone")(config)
         feature_strides(backbone)  # a factory must return a declared backbone
         return backbone
     return build_resnet(

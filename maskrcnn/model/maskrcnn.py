@@ -15,7 +15,9 @@ from maskrcnn.config import ModelConfig
 from maskrcnn.model.backbone import build_backbone, feature_strides
 from maskrcnn.model.fpn import FPN
 from maskrcnn.model.heads import BoxHead, MaskHead, RPNHead
+from maskrcnn.model.named import import_named
 from maskrcnn.ops import anchors_per_level, generate_anchors, multilevel_roi_align
+from maskrcnn.ops.anchors import feature_size
 
 LOSS_NAMES = ("rpn_class", "rpn_box", "class", "box", "mask")
 # Config fields that only steer inference: a trained model can be evaluated with other values.
@@ -27,6 +29,7 @@ INFERENCE_FIELDS = (
     "detection_max_instances",
     "detection_min_confidence",
     "detection_nms_threshold",
+    "detection_objectness_weight",
     "mask_threshold",
 )
 MASK_CHUNK = 64  # detection slots per mask-head call at inference
@@ -60,19 +63,29 @@ class MaskRCNN(keras.Model):
         self.config = config
         self.mini_masks = mini_masks
         self.backbone = backbone or build_backbone(config)
-        self.fpn = fpn or FPN(config.fpn_channels, name="fpn")
-        self.rpn_head = rpn_head or RPNHead(
-            len(config.anchor_ratios) * len(config.anchor_octaves), name="rpn"
+        self.fpn = fpn or _named_part(config, "fpn") or FPN(config.fpn_channels, name="fpn")
+        self.rpn_head = (
+            rpn_head
+            or _named_part(config, "rpn_head")
+            or RPNHead(len(config.anchor_ratios) * len(config.anchor_octaves), name="rpn")
         )
-        self.box_head = box_head or BoxHead(
-            config.num_classes,
-            config.pool_size,
-            config.box_head_width,
-            train_bn=config.train_bn,
-            name="box_head",
+        self.box_head = (
+            box_head
+            or _named_part(config, "box_head")
+            or BoxHead(
+                config.num_classes,
+                config.pool_size,
+                config.box_head_width,
+                train_bn=config.train_bn,
+                name="box_head",
+            )
         )
-        self.mask_head = mask_head or MaskHead(
-            config.num_classes, config.mask_head_width, train_bn=config.train_bn, name="mask_head"
+        self.mask_head = (
+            mask_head
+            or _named_part(config, "mask_head")
+            or MaskHead(
+                config.num_classes, config.mask_head_width, train_bn=config.train_bn, name="mask_head"
+            )
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -80,10 +93,14 @@ class MaskRCNN(keras.Model):
         size = self._image_size(images)
         pyramid = self.features(images, training=training)
         rpn_logits, rpn_deltas = self.rpn_head(pyramid)
-        proposals, proposal_valid = self.proposals(rpn_logits, rpn_deltas, size, training=training)
+        proposals, proposal_scores, proposal_valid = self.proposals(
+            rpn_logits, rpn_deltas, size, training=training
+        )
         if targets is None:
-            return self.detect(pyramid[:4], proposals, proposal_valid, size)
-        return self.losses(pyramid[:4], rpn_logits, rpn_deltas, proposals, proposal_valid, targets, key, size)
+            return self.detect(pyramid[:4], proposals, proposal_scores, proposal_valid, size)
+        return self.training_losses(
+            pyramid[:4], rpn_logits, rpn_deltas, proposals, proposal_valid, targets, key, size
+        )
 
     # ----------------------------------------------------------------------------------------------
     def features(self, images, training=False):
@@ -95,6 +112,8 @@ class MaskRCNN(keras.Model):
         return self.fpn(c2_c5)
 
     def proposals(self, rpn_logits, rpn_deltas, size, training=False):
+        """Region proposals of a batch (:func:`maskrcnn.postprocess.propose`): boxes (B, P, 4), their
+        object probabilities (B, P) and valid (B, P)."""
         cfg = self.config
         propose = functools.partial(
             postprocess.propose,
@@ -106,10 +125,7 @@ class MaskRCNN(keras.Model):
             level_sizes=self.anchor_level_sizes(size) if cfg.pre_nms_per_level else None,
         )
         # Proposals are inputs to the second stage, not a path for gradients (as in Matterport).
-        boxes, _, valid = jax.vmap(propose)(
-            jax.lax.stop_gradient(rpn_logits), jax.lax.stop_gradient(rpn_deltas)
-        )
-        return boxes, valid
+        return jax.vmap(propose)(jax.lax.stop_gradient(rpn_logits), jax.lax.stop_gradient(rpn_deltas))
 
     def roi_features(self, pyramid, boxes, output_size):
         # ROIAlign's window form where it pays: the mask head's pooling, 3,136 cells a box in the gather
@@ -125,15 +141,19 @@ class MaskRCNN(keras.Model):
             window=window,
         )
 
-    def detect(self, pyramid, proposals, proposal_valid, size):
+    def detect(self, pyramid, proposals, proposal_scores, proposal_valid, size):
         """Second stage at inference: classify and refine proposals, then predict the detections' masks."""
         cfg = self.config
         class_logits, box_deltas = self.box_head(self.roi_features(pyramid, proposals, cfg.pool_size))
-        detections = self.detections(class_logits, box_deltas, proposals, proposal_valid, size)
+        detections = self.detections(
+            class_logits, box_deltas, proposals, proposal_valid, size, proposal_scores=proposal_scores
+        )
         return {**detections, "masks": self.detection_masks(pyramid, detections)}
 
-    def detections(self, class_logits, box_deltas, proposals, proposal_valid, size):
-        """Per-class scoring, box refinement and NMS of a batch (:func:`maskrcnn.postprocess.detect`)."""
+    def detections(self, class_logits, box_deltas, proposals, proposal_valid, size, proposal_scores=None):
+        """Per-class scoring, box refinement and NMS of a batch (:func:`maskrcnn.postprocess.detect`);
+        ``proposal_scores`` (B, P), the RPN's object probabilities, take part in the score with
+        ``model.detection_objectness_weight``."""
         cfg = self.config
         detect = functools.partial(
             postprocess.detect,
@@ -141,8 +161,11 @@ class MaskRCNN(keras.Model):
             min_confidence=cfg.detection_min_confidence,
             nms_threshold=cfg.detection_nms_threshold,
             max_detections=cfg.detection_max_instances,
+            objectness_weight=cfg.detection_objectness_weight,
         )
-        return jax.vmap(detect)(class_logits, box_deltas, proposals, proposal_valid)
+        if proposal_scores is None:
+            proposal_scores = jnp.ones(proposal_valid.shape, jnp.float32)
+        return jax.vmap(detect)(class_logits, box_deltas, proposals, proposal_valid, proposal_scores)
 
     def detection_masks(self, pyramid, detections):
         """Mask probabilities (B, D, m, m) of the detections' classes (zero past the last chunk in use).
@@ -218,8 +241,11 @@ class MaskRCNN(keras.Model):
         )
         return rpn_labels, rpn_target_deltas, rois
 
-    def losses(self, pyramid, rpn_logits, rpn_deltas, proposals, proposal_valid, batch, key, size):
-        """Second stage in training: sample ROIs against the ground truth and return the five losses."""
+    def training_losses(self, pyramid, rpn_logits, rpn_deltas, proposals, proposal_valid, batch, key, size):
+        """Second stage in training: sample ROIs against the ground truth and return :meth:`loss_parts`.
+
+        (Not ``losses``: that is Keras' list of the layers' regularisation and ``add_loss`` terms, which the
+        train step adds to these: :func:`maskrcnn.train.step.batch_losses`.)"""
         cfg = self.config
         rpn_labels, rpn_target_deltas, rois = self.training_targets(
             proposals, proposal_valid, batch, key, size
@@ -369,6 +395,24 @@ class MaskRCNN(keras.Model):
         return cls(model_config, **config)
 
 
+def _named_part(config: ModelConfig, field: str):
+    """The part ``config.<field>`` names (``"package.module:callable"``, called with ``config``), or None."""
+    spec = getattr(config, field)
+    return import_named(spec, f"model.{field}")(config) if spec else None
+
+
+def model_class(config: ModelConfig) -> type[MaskRCNN]:
+    """The class ``config.model_class`` names (a :class:`MaskRCNN` subclass), or MaskRCNN."""
+    if not config.model_class:
+        return MaskRCNN
+    cls = import_named(config.model_class, "model.model_class")
+    if not (isinstance(cls, type) and issubclass(cls, MaskRCNN)):
+        raise ValueError(
+            f"model.model_class={config.model_class!r} is not a subclass of maskrcnn.model.MaskRCNN"
+        )
+    return cls
+
+
 @functools.lru_cache(maxsize=8)
 def config_anchors(config: ModelConfig, size: tuple[int, int]) -> np.ndarray:
     """float32 (A, 4): the anchors of ``config`` for (H, W) images (cached; configs are frozen)."""
@@ -397,12 +441,17 @@ def anchor_assignment(config: ModelConfig, size: tuple[int, int]) -> dict:
         "level_sizes": anchor_level_sizes(config, size),
         "atss_candidates": config.atss_candidates,
         "anchors_per_location": len(config.anchor_octaves) * len(config.anchor_ratios),
+        "level_shapes": tuple(
+            (feature_size(size[0], s), feature_size(size[1], s)) for s in config.anchor_strides
+        ),
     }
 
 
 def build_model(config: ModelConfig, image_size: int, *, mini_masks: bool = True, **parts) -> MaskRCNN:
-    """Builds a :class:`MaskRCNN` with all variables created for ``image_size`` square inputs."""
-    model = MaskRCNN(config, mini_masks=mini_masks, **parts)
+    """Builds the model ``config`` describes (``model.model_class``, its named parts, or ours) with all
+    variables created for ``image_size`` square inputs; ``parts`` (``backbone=``, ``mask_head=``, ...)
+    replace the config's."""
+    model = model_class(config)(config, mini_masks=mini_masks, **parts)
     model.build((None, image_size, image_size, 3))
     return model
 

@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from maskrcnn.config import DataConfig
-from maskrcnn.predict import TILE
 from maskrcnn.slides.reader import ModelResolution, Slide, read_thumbnail
 from maskrcnn.slides.stitch import Stitcher, TileGrid
 from maskrcnn.slides.tissue import tiles_with_tissue, tissue_mask
 from maskrcnn.slides.writers import SlideWriter
+from maskrcnn.tiling import TILE
 
 # PanNuke's patches are 40x scans at about 0.25 um/px (Gamper et al. 2020): the default resolution of
 # TileModel; a trained run's is its config's ``data.mpp`` (the same by default).
@@ -42,7 +42,7 @@ class TileModel:
     """What the slide pipeline needs of a model.
 
     ``predict_tiles``: uint8 (N, TILE, TILE, 3) -> per tile (labels int (TILE, TILE), scores (D,),
-    classes (D,) in 1..K), label d + 1 being detection d (:func:`maskrcnn.predict.make_tile_predictor`).
+    classes (D,) in 1..K), label d + 1 being detection d (:func:`maskrcnn.tiling.make_tile_predictor`).
     ``class_names``: names of classes 1..K. ``mpp``: microns per pixel the model was trained at.
     """
 
@@ -55,7 +55,7 @@ class TileModel:
 def load_tile_model(workdir: str) -> TileModel:
     """The model trained in ``workdir`` as a :class:`TileModel`, loaded once per process (a cluster
     worker keeps its compiled model for every slide it is given)."""
-    from maskrcnn.predict import make_tile_predictor
+    from maskrcnn.tiling import make_tile_predictor
     from maskrcnn.train.workdir import load_trained
 
     config, model = load_trained(workdir)

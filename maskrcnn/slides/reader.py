@@ -14,10 +14,10 @@ import os
 
 import numpy as np
 
-from maskrcnn.predict import SLIDE_SUFFIXES
-
-# Files with SLIDE_SUFFIXES are slides. TIFFs are slides when OpenSlide recognises them (tiled TIFFs:
-# Aperio, generic pyramidal, ...); strip TIFFs stay plain images (:func:`is_slide`).
+# Whole-slide formats (OpenSlide's): files with these suffixes are slides. TIFFs are slides when
+# OpenSlide recognises them (tiled TIFFs: Aperio, generic pyramidal, ...); strip TIFFs stay plain images
+# (:func:`is_slide`).
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 TIFF_SUFFIXES = (".tif", ".tiff")
 # A level-0 resolution outside this range is not a microscope's (a TIFF's 72-dpi default reads as 352.8
 # um/px): it is treated as unknown. 0.05 um/px is past any scanner's 100x; 16 um/px is a 0.6x overview.

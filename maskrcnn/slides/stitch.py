@@ -1,7 +1,7 @@
 """Core-ownership stitching of tile predictions as they stream in, without a label map of the slide.
 
-The tile grid and the ownership rule are :func:`maskrcnn.predict.segment_large`'s: a tile keeps the nuclei
-whose centroid lies in its core (:func:`maskrcnn.predict.owned_ids`), and where a kept nucleus overlaps
+The tile grid and the ownership rule are :func:`maskrcnn.tiling.segment_large`'s: a tile keeps the nuclei
+whose centroid lies in its core (:func:`maskrcnn.tiling.owned_ids`), and where a kept nucleus overlaps
 one kept earlier (in raster order) the earlier one keeps the pixels. ``segment_large`` looks that up in
 a full label map; here each kept nucleus that reaches into the footprint of a later tile is remembered
 (its mask crop) until the raster has moved past it, so memory holds about one row of tiles' border
@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from maskrcnn.predict import TILE, owned_ids, tile_cores, tile_origins
+from maskrcnn.tiling import TILE, owned_ids, tile_cores, tile_origins
 
 
 @dataclasses.dataclass(frozen=True)

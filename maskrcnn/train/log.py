@@ -37,13 +37,33 @@ class CsvLog:
             else:
                 parts = [k for k in row if k not in self.HEAD + self.TAIL]
                 fields = [*self.HEAD, *LOSS_NAMES, *(p for p in parts if p not in LOSS_NAMES), *self.TAIL]
-            new = not os.path.exists(self.path) or not os.path.getsize(self.path)
-            self.file = open(self.path, "a", newline="")  # noqa: SIM115 (closed in close())
-            self.writer = csv.DictWriter(self.file, fields, extrasaction="ignore")
-            if new:
-                self.writer.writeheader()
+            self._open(fields)
+        new = [k for k in row if k not in self.writer.fieldnames]
+        if new:  # a column first seen now (a hook's metric): the file is written again with it
+            self._add_columns(new)
         self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         self.file.flush()
+
+    def _open(self, fields):
+        new = not os.path.exists(self.path) or not os.path.getsize(self.path)
+        self.file = open(self.path, "a", newline="")  # noqa: SIM115 (closed in close())
+        self.writer = csv.DictWriter(self.file, fields, restval="")
+        if new:
+            self.writer.writeheader()
+
+    def _add_columns(self, names):
+        self.file.close()
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        old = list(self.writer.fieldnames)
+        fields = [*old[: -len(self.TAIL)], *names, *old[-len(self.TAIL) :]]
+        partial = self.path + ".tmp"
+        with open(partial, "w", newline="") as f:
+            writer = csv.DictWriter(f, fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(partial, self.path)
+        self._open(fields)
 
     def close(self):
         if self.file is not None:
@@ -126,6 +146,16 @@ class Monitor:
             with self.board.as_default(step=self.stage * 10**7 + step):
                 for k, v in row.items():
                     tf.summary.scalar(f"train/{k}", v)
+
+    def log_epoch(self, stage: int, epoch: int, step: int, logs: dict, split: str = "validation"):
+        """One row of an epoch's end: the validation losses and what hooks added (CSV and TensorBoard)."""
+        self.log.write({**logs, "stage": stage, "epoch": epoch, "step": step, "split": split})
+        if self.board is not None:
+            import tensorflow as tf
+
+            with self.board.as_default(step=stage * 10**7 + step):
+                for k, v in logs.items():
+                    tf.summary.scalar(f"{split}/{k}", float(v))
 
 
 def tensorboard_writer(workdir: str):

@@ -1,7 +1,8 @@
 """The optimizer of the seed paper's recipe and one explicit, jitted train step.
 
-The step is a pure function of ``(state, batch, key)``: ``model.stateless_call`` gives the five losses,
-``jax.value_and_grad`` their gradients with respect to the variables the stage trains (frozen ones are
+The step is a pure function of ``(state, batch, key)``: ``model.stateless_call`` gives the loss parts
+(:func:`batch_losses`: the five losses, any a subclass adds, and Keras' regularisers), ``jax.value_and_grad``
+their gradients with respect to the variables the stage trains (frozen ones are
 not differentiated at all), and optax updates them. A step whose loss or gradients are not finite leaves
 the state unchanged and says so in its metrics.
 """
@@ -135,20 +136,47 @@ def write_state(model: keras.Model, state: TrainState, mask: list[bool]) -> None
         var.assign(value)
 
 
+REGULARIZATION = "regularization"  # the loss part that holds Keras' own losses of the model's layers
+
+
+def batch_losses(model: keras.Model, trainable, non_trainable, batch, key):
+    """The loss parts of one training batch, and the non-trainable variables the call updated.
+
+    The parts are the model's ``loss_parts`` (the five Mask R-CNN losses and any term a subclass adds) and,
+    when the layers have any, Keras' own losses (kernel and activity regularisers, ``add_loss``) summed
+    as :data:`REGULARIZATION`. Training minimises the sum of the parts; validation reports them.
+    """
+    parts, non_trainable, extra = model.stateless_call(
+        trainable, non_trainable, batch["image"], batch, key=key, training=True, return_losses=True
+    )
+    if extra:
+        parts = {**parts, REGULARIZATION: sum(jnp.asarray(x, jnp.float32) for x in extra)}
+    return parts, non_trainable
+
+
+def make_eval_step(model: keras.Model, mask: list[bool]):
+    """Returns ``losses(state, batch) -> parts``, jitted: :func:`batch_losses` without an update, with a
+    fixed key for the ROI sampling (validation)."""
+
+    @jax.jit
+    def losses(state: TrainState, batch):
+        trainable = _merge(state.trained, state.frozen, mask)
+        return batch_losses(model, trainable, state.non_trainable, batch, jax.random.PRNGKey(0))[0]
+
+    return losses
+
+
 def make_train_step(model: keras.Model, optimizer: optax.GradientTransformation, mask: list[bool], schedule):
     """Returns ``step(state, batch, key) -> (state, metrics)``, jitted.
 
-    ``metrics`` holds the five losses, their sum ``loss``, the learning rate ``lr`` of this step, the
-    gradient's global norm ``grad_norm`` before clipping and ``finite`` (False: the update was skipped).
+    ``metrics`` holds the loss parts (:func:`batch_losses`), their sum ``loss``, the learning rate ``lr``
+    of this step, the gradient's global norm ``grad_norm`` before clipping and ``finite`` (False: the
+    update was skipped).
     """
 
     def loss_fn(trained, frozen, non_trainable, batch, key):
-        trainable = _merge(trained, frozen, mask)
-        parts, non_trainable = model.stateless_call(
-            trainable, non_trainable, batch["image"], batch, key=key, training=True
-        )
-        total = sum(parts.values())  # the five losses, and any term a model's loss_parts adds
-        return total, (parts, non_trainable)
+        parts, non_trainable = batch_losses(model, _merge(trained, frozen, mask), non_trainable, batch, key)
+        return sum(parts.values()), (parts, non_trainable)
 
     def step(state: TrainState, batch, key):
         (total, (parts, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -188,15 +216,19 @@ class Stage(NamedTuple):
     step: Callable  # the jitted (state, batch, key) -> (state, metrics)
 
 
-def prepare_stage(model: keras.Model, train: TrainConfig, stage: StageConfig, steps_per_epoch: int) -> Stage:
+def prepare_stage(
+    model: keras.Model, train: TrainConfig, stage: StageConfig, steps_per_epoch: int, *, schedule=None
+) -> Stage:
     """The trainable mask, learning-rate schedule, optimizer, initial state and jitted step of ``stage``.
 
-    Weight decay (:func:`decay_mask`) reaches only the variables the stage trains: frozen ones are neither
-    differentiated nor decayed.
+    ``schedule`` (step -> learning rate) replaces the paper's linear decay (:func:`learning_rate_schedule`,
+    the default). Weight decay (:func:`decay_mask`) reaches only the variables the stage trains: frozen
+    ones are neither differentiated nor decayed.
     """
-    schedule = learning_rate_schedule(
-        stage, steps_per_epoch, power=train.lr_power, per_step=train.lr_per_step
-    )
+    if schedule is None:
+        schedule = learning_rate_schedule(
+            stage, steps_per_epoch, power=train.lr_power, per_step=train.lr_per_step
+        )
     mask = trainable_mask(model, stage.layers)
     decay = [d for d, trained in zip(decay_mask(model), mask, strict=True) if trained]
     optimizer = make_optimizer(train, schedule, decay)

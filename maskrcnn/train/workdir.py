@@ -31,6 +31,8 @@ RESUMABLE = (
     "train.max_consecutive_nonfinite",
     "train.init",
     "data.data_dir",
+    "data.loader",  # threads or processes prepare the same batches
+    "data.loader_workers",
 )
 
 

@@ -58,6 +58,6 @@ def tiny_training_config(stages, **train):
     base = load_config("tiny")
     return dataclasses.replace(
         base,
-        data=dataclasses.replace(base.data, builder="synthetic", synthetic_images_per_fold=6, image_size=64),
+        data=dataclasses.replace(base.data, builder="synthetic", synthetic_images_per_fold=6, scale=0.25),
         train=dataclasses.replace(base.train, stages=tuple(stages), **train),
     )

@@ -356,7 +356,7 @@ def test_train_cli_starts_from_the_init_file(tmp_path, source):
         "    return dataclasses.replace(\n"
         "        c,\n"
         "        data=dataclasses.replace(\n"
-        "            c.data, builder='synthetic', synthetic_images_per_fold=4, image_size=64\n"
+        "            c.data, builder='synthetic', synthetic_images_per_fold=4, scale=0.25\n"
         "        ),\n"
         "        model=dataclasses.replace(c.model, backbone_style='matterport'),\n"
         "        train=dataclasses.replace(c.train, stages=(StageConfig('heads', 'heads', 0, 1e-3),)),\n"

@@ -12,9 +12,9 @@ import shapely
 import zarr
 from PIL import Image
 
-from maskrcnn.predict import TILE, segment_large
 from maskrcnn.slides import ModelResolution, SlideError, SlideOptions, TileModel, output_paths, segment_slide
 from maskrcnn.slides.pipeline import stream_batches
+from maskrcnn.tiling import TILE, segment_large
 from tests.slides.helpers import (
     CLASS_NAMES,
     GLASS,

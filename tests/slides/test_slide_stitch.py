@@ -5,8 +5,8 @@ import pytest
 import shapely
 from scipy import ndimage
 
-from maskrcnn.predict import TILE, segment_large
 from maskrcnn.slides import Stitcher, TileGrid, outline
+from maskrcnn.tiling import TILE, segment_large
 
 
 def coordinate_image(height, width):
@@ -65,7 +65,7 @@ def test_streamed_nuclei_equal_segment_large(shape, overlap):
 
 def owned_area(image, grid):
     """Pixels of every owned detection before overlaps are resolved."""
-    from maskrcnn.predict import owned_ids
+    from maskrcnn.tiling import owned_ids
 
     for row in range(len(grid.ys)):
         for col in range(len(grid.xs)):

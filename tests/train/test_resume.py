@@ -21,7 +21,7 @@ CONFIG = textwrap.dedent(
         return dataclasses.replace(
             c,
             name="resume-test",
-            data=dataclasses.replace(c.data, builder="synthetic", synthetic_images_per_fold=6, image_size=64),
+            data=dataclasses.replace(c.data, builder="synthetic", synthetic_images_per_fold=6, scale=0.25),
             train=dataclasses.replace(
                 c.train, checkpoint_every_steps=2, stages=(StageConfig("all", "all", 3, 1e-2),)
             ),

@@ -20,7 +20,7 @@ SIZE = 64
 
 def tiny_config():
     config = load_config("tiny")
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, image_size=SIZE))
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, scale=SIZE / 256))
 
 
 def tiny_batch(config, seed=0, count=3):

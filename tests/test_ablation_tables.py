@@ -1,0 +1,41 @@
+"""The learning ablation's table: each row judged on fold 2, fold 3 reported, deltas against `base`."""
+
+import os
+import sys
+
+# The benchmarks are scripts in one folder that import each other by name.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+
+
+def _record(name, threshold, tuning, bpq):
+    waterfall = {"nuclei": 20, "no_proposal": 2, "low_score": 4, "suppressed": 1, "mask_miss": 1}
+    waterfall["matched"] = 12
+    return {
+        "name": name,
+        "images": 5632,
+        "threshold": threshold,
+        "bpq_by_threshold": tuning,  # as json.dump writes the tuning dict: the thresholds as strings
+        "fold3": {"bpq": bpq, "recall": 0.6, "precision": 0.75, "dq": 0.66, "sq": 0.7},
+        "waterfall": waterfall,
+        "step_seconds": 1.5,
+    }
+
+
+def test_fold_two_is_read_at_the_chosen_threshold_and_fold_three_against_base():
+    from ablation_learning import table
+
+    records = [
+        _record("base-5632", 0.4, {"0.3": 0.31, "0.4": 0.35, "0.5": 0.33}, 0.30),
+        _record("p2-5632", 0.5, {"0.3": 0.30, "0.4": 0.36, "0.5": 0.38}, 0.32),
+    ]
+    timing = {"seconds": {"base": [1.0, 2.0], "p2": [1.5, 2.0]}}
+    lines = table(records, timing).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    col = {h: i for i, h in enumerate(header)}
+    base, p2 = cells
+    assert (base[col["fold-2 bPQ"]], p2[col["fold-2 bPQ"]]) == ("0.3500", "0.3800")
+    assert (base[col["bPQ - base"]], p2[col["bPQ - base"]]) == ("+0.0000", "+0.0200")
+    # 4 of 20 nuclei lost at low_score; the step ratio per round 1.5 and 1.0: median 1.25.
+    assert p2[col["low_score"]] == "20.0%"
+    assert p2[col["step vs base"]].startswith("1.25x")
