@@ -1,173 +1,305 @@
-"""The learning benchmark's ablation: each change of issue 15 measured on fold 3 of the CoNSeP folds.
+"""The learning benchmark's ablation: each recipe choice, on its own, at an equal budget of images.
 
-    python experiments/ablation_learning.py --work runs/ablation [--rows NAME ...]
+    python experiments/ablation_learning.py --data DIR [--images 5632] [--rows base iou1 ...]
+    python experiments/ablation_learning.py --data DIR --time          # step times of the rows, one run
+    python experiments/ablation_learning.py --data DIR --images 100000 --set train.batch_size=16   # GPU
 
-Every row is a trained run in ``<work>/<run>`` (made by ``experiments/bench_learning.py --work <work>
---name <run> --epochs E --set ...``, the command listed beside it below; the ``r0`` run by that script at
-commit b8bd4d5, today's code before the issue) evaluated on the fold-3 folder with the row's inference
-overrides. Results: ``experiments/results/learning_ablation.md`` (``--out``); per-row JSON in ``<work>``.
+Every row is one run of :mod:`learning` (the ``learning`` config with the row's overrides, trained from
+scratch on folds 1 + 2 for ``--images`` images, the threshold chosen on fold 2, fold 3 scored and every
+nucleus followed by ``maskrcnn diagnose``), kept in ``<work>/<row>-<images>/`` and ``<work>/<row>-<images>
+.json``; a row already run is read back, not trained again. ``--time`` builds every row's train step in one
+process and times them in turn over rounds (harness.rounds), so their ratios to ``base`` share the
+machine's state. Writes ``experiments/results/learning_ablation.md`` (``--out``) with every row found for
+every budget. ``--scoring RUN ...`` scores trained runs of the work folder with the RPN's objectness
+(``model.detection_objectness_weight``, chosen with the threshold on fold 2) and writes
+``experiments/results/learning_scoring.md`` (``--scoring-out``) alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+import harness
+import learning
+import numpy as np
 
-from bench_learning import detection_rates  # noqa: E402
-
-OCTAVES = "model.anchor_octaves=(1.0,1.2599,1.5874)"  # RetinaNet's 2^0, 2^(1/3), 2^(2/3)
-ANCHORS = [OCTAVES, "model.rpn_assignment='atss'"]
-PROPOSALS = ["model.pre_nms_limit=1000", "model.pre_nms_per_level=True"]
-
-# name, run folder, what the row adds, inference overrides. Rows of trained changes (each change in a run
-# of its own) are still to be added: see experiments/results/learning_ablation.md.
+# name, what it changes, its overrides of the `learning` config. Each row changes one thing from `base`.
 ROWS = [
+    # The rows measured at 5,632 images (commit 5a620ee) changed the `learning` config of then, which
+    # levelled ROIs from a canonical size of 56: `base` pins it, so every row still means what it measured.
+    ("base", "the `learning` config as shipped before `p2` was kept", ["model.roi_canonical_size=56.0"]),
     (
-        "r0",
-        "r0",
-        "today's recipe (commit b8bd4d5: argmax scoring, 1 anchor scale, top 1000 of all levels)",
-        [],
+        "iou1",
+        "one anchor octave a level and IoU assignment 0.7/0.3 (before issue 15)",
+        ["model.anchor_octaves=(1.0,)", "model.rpn_assignment='iou'"],
     ),
-    ("r0_scoring", "r0", "+ per-class scoring, zero-area boxes dropped (inference only)", []),
+    ("scale2", "input upscaled 2x: 512 px, anchors and ROI levels follow", ["data.scale=2.0"]),
     (
-        "r0_scoring_03",
-        "r0",
-        "+ per-class scoring at detection_min_confidence 0.3 (inference only)",
-        ["model.detection_min_confidence=0.3"],
-    ),
-    (
-        "r0_pre6000",
-        "r0",
-        "+ top 6000 of all levels before NMS (inference only)",
-        ["model.pre_nms_limit=6000"],
-    ),
-    ("r0_perlevel", "r0", "+ top 1000 per level, NMS per level (inference only)", PROPOSALS),
-]
-
-
-# Anchor and assignment options measured by `maskrcnn anchors` on the training nuclei of fold 1.
-COVERAGE = [
-    ("1 scale per level, IoU 0.7/0.3 (today; Matterport)", []),
-    ("1 scale, IoU 0.5/0.3", ["model.rpn_positive_iou=0.5"]),
-    ("1 scale, ATSS", ["model.rpn_assignment='atss'"]),
-    ("3 octaves, IoU 0.7/0.3", [OCTAVES]),
-    ("3 octaves, IoU 0.6/0.3", [OCTAVES, "model.rpn_positive_iou=0.6"]),
-    ("3 octaves, IoU 0.5/0.3", [OCTAVES, "model.rpn_positive_iou=0.5"]),
-    ("3 octaves, ATSS (the new `learning` and `fast`)", ANCHORS),
-    (
-        "3 octaves, ATSS, 9 nearest locations (the ATSS authors' code)",
-        [*ANCHORS, "model.atss_candidates='locations'"],
+        "p2",
+        "every nucleus pooled from P2 (`roi_canonical_size` 56 -> 224)",
+        ["model.roi_canonical_size=224.0"],
     ),
     (
-        "512 px (2x upscaled), scales 16-256, IoU 0.7/0.3",
-        ["data.image_size=512", "model.anchor_scales=(16,32,64,128,256)"],
+        "rois256",
+        "256 sampled ROIs a tile instead of 128 (42 -> 84 positives)",
+        ["model.train_rois_per_image=256"],
+    ),
+    ("pos50", "half the sampled ROIs positive instead of a third", ["model.roi_positive_ratio=0.5"]),
+    (
+        "rpn512",
+        "512 sampled anchors a tile for the RPN instead of 256 (up to 256 positives)",
+        ["model.rpn_train_anchors_per_image=512"],
     ),
     (
-        "512 px, scales 16-256, 3 octaves, IoU 0.7/0.3",
-        ["data.image_size=512", "model.anchor_scales=(16,32,64,128,256)", OCTAVES],
+        "heads2x",
+        "box head 256 and mask head 128 wide (128, 64)",
+        ["model.box_head_width=256", "model.mask_head_width=128"],
+    ),
+    (
+        "wide2x",
+        "backbone 32 and FPN 128 wide (16, 64)",
+        ["model.backbone_width=32", "model.fpn_channels=128"],
+    ),
+    (
+        "maskpool7",
+        "mask head pools 7x7 (14x14), masks 14x14",
+        ["model.mask_pool_size=7", "model.mask_size=14"],
     ),
 ]
+ROW_NAMES = [name for name, _, _ in ROWS]
+TIME_ROUNDS = 5
+# --scoring: detection scores with the RPN's objectness (model.detection_objectness_weight), at thresholds,
+# chosen on fold 2 and reported on fold 3; inference only, on runs already trained.
+OBJECTNESS_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
+SCORING_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 
 
-def coverage_table(work: str) -> str:
-    from maskrcnn.config import apply_overrides, load_config
-    from maskrcnn.diagnostics import anchor_coverage, format_coverage
-
-    cached = os.path.join(work, "coverage.json")
-    results = json.load(open(cached)) if os.path.exists(cached) else {}
-    base = "learning"
-    reset = ["model.anchor_octaves=(1.0,)", "model.rpn_assignment='iou'"]  # the options start from today's
-    for label, overrides in COVERAGE:
-        if label not in results:
-            config = apply_overrides(load_config(base), [*reset, *overrides])
-            results[label] = anchor_coverage(config, os.path.join(work, "folds", "Fold 1"))
-            with open(cached, "w") as f:
-                json.dump(results, f, indent=1)
-    return format_coverage([(label, results[label]) for label, _ in COVERAGE])
+def run_name(row: str, images: int) -> str:
+    return f"{row}-{images}"
 
 
-def evaluate_row(work: str, name: str, run: str, overrides: list[str]) -> dict:
-    import numpy as np
+def overrides_of(row: str, extra=()) -> list[str]:
+    return [*dict((n, o) for n, _, o in ROWS)[row], *extra]
 
-    from maskrcnn.config import apply_overrides
-    from maskrcnn.diagnostics import proposal_recall
+
+def time_rows(data: str, work: str, rows: list[str], extra: list[str]) -> dict:
+    """Median step seconds of each row (random weights, the same real training batch), timed in turn."""
+    import jax
+    import keras
+
+    from maskrcnn import input_pipeline
+    from maskrcnn.config import StageConfig, apply_overrides, load_config
+    from maskrcnn.model import build_model
+    from maskrcnn.train.step import prepare_stage
+
+    learning.prepare_data(data, work, "nuclei")
+    data_dir = f"data.data_dir={os.path.join(os.path.abspath(work), 'tensorflow_datasets')!r}"
+    steps = {}
+    for row in rows:
+        config = apply_overrides(load_config("learning"), [data_dir, *overrides_of(row, extra)])
+        batch = next(input_pipeline.make_train_iterator(config, epoch=0))
+        batch = {k: batch[k] for k in input_pipeline.MODEL_INPUTS}
+        keras.utils.set_random_seed(0)
+        model = build_model(config.model, config.data.image_size)
+        stage = prepare_stage(model, config.train, StageConfig("all", "all", 1, 1e-3), 1)
+        holder = {"state": stage.state}
+        key = jax.random.PRNGKey(0)
+        (holder["state"], _), compile_seconds = harness.timed(stage.step, holder["state"], batch, key)
+        print(f"{row}: compiled and ran a first step in {compile_seconds:.1f} s")
+
+        def one(step=stage.step, holder=holder, batch=batch, key=key):
+            (holder["state"], _), seconds = harness.timed(step, holder["state"], batch, key)
+            return seconds
+
+        steps[row] = one
+    times = harness.rounds(steps, TIME_ROUNDS)
+    return {"rounds": TIME_ROUNDS, **harness.where(), "seconds": times}
+
+
+def scoring(work: str, run: str) -> dict:
+    """Fold-2 bPQ of ``run`` for every objectness weight and threshold; fold-3 figures at each weight's best
+    threshold on fold 2. Cached in ``<work>/scoring-<run>.json``."""
+    import dataclasses
+
     from maskrcnn.inference import evaluate
     from maskrcnn.train.workdir import load_trained
 
-    workdir = os.path.join(work, run)
-    config, model = load_trained(workdir)
-    config = apply_overrides(config, overrides)
-    model.set_inference_config(config.model)
-    fold3 = os.path.join(work, "folds", "Fold 3")
-    out_dir = os.path.join(workdir, f"eval-ablation-{name}")
-    start = time.time()
-    metrics = evaluate(config, model, fold3, out_dir, max_overlays=0, progress=False)
-    with np.load(os.path.join(out_dir, "predictions.npz")) as saved:
-        rates = detection_rates(saved["true_instances"], saved["pred_instances"])
-    state = json.load(open(os.path.join(workdir, "config.json")))
-    row = {
-        "bpq": metrics["bpq"],
-        "mpq": metrics["mpq"],
-        "map50": metrics["map50"],
-        **rates,
-        "proposal_recall": proposal_recall(config, model, fold3),
-        "epochs": state["train"]["stages"][0]["epochs"],
-        "seconds": time.time() - start,
-    }
-    with open(os.path.join(work, f"ablation-{name}.json"), "w") as f:
-        json.dump(row, f, indent=1, default=float)
-    return row
+    path = os.path.join(work, f"scoring-{run}.json")
+    if os.path.exists(path):
+        return json.load(open(path))
+    config, model = load_trained(os.path.join(work, run))
+    folds = {k: os.path.join(work, "folds", f"Fold {k}") for k in (2, 3)}
+    out = {"run": run, "weights": {}}
+    for weight in OBJECTNESS_WEIGHTS:
+        fold2 = {}
+        for t in SCORING_THRESHOLDS:
+            m = dataclasses.replace(
+                config.model, detection_objectness_weight=weight, detection_min_confidence=t
+            )
+            model.set_inference_config(m)
+            scratch = os.path.join(work, run, "scoring", f"{weight:g}-{t:g}")
+            fold2[t] = evaluate(
+                dataclasses.replace(config, model=m), model, folds[2], scratch, max_overlays=0, progress=False
+            )["bpq"]
+        best = max(fold2, key=fold2.get)
+        m = dataclasses.replace(
+            config.model, detection_objectness_weight=weight, detection_min_confidence=best
+        )
+        model.set_inference_config(m)
+        scratch = os.path.join(work, run, "scoring", f"{weight:g}-fold3")
+        metrics = evaluate(
+            dataclasses.replace(config, model=m), model, folds[3], scratch, max_overlays=0, progress=False
+        )
+        with np.load(os.path.join(scratch, "predictions.npz")) as saved:
+            rates = learning.detection_rates(saved["true_instances"], saved["pred_instances"])
+        out["weights"][f"{weight:g}"] = {
+            "fold2": {f"{t:g}": v for t, v in fold2.items()},
+            "threshold": best,
+            "bpq": metrics["bpq"],
+            **rates,
+        }
+        print(run, weight, best, out["weights"][f"{weight:g}"], flush=True)
+    out.update(harness.where())
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, default=float)
+    return out
+
+
+def scoring_table(results: list[dict]) -> str:
+    lines = [
+        "| run | objectness weight | threshold (best on fold 2) | fold-2 bPQ | fold-3 bPQ | recall "
+        "| precision | SQ |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for weight, w in r["weights"].items():
+            on_fold2 = w["fold2"][f"{w['threshold']:g}"]
+            lines.append(
+                f"| {r['run']} | {weight} | {w['threshold']:g} | {on_fold2:.4f} "
+                f"| {w['bpq']:.4f} | {w['recall']:.3f} | {w['precision']:.3f} | {w['sq']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def scoring_page(command: str, results: list[dict]) -> str:
+    return f"""# Scoring detections with the RPN's objectness (inference only, on trained runs)
+
+{harness.header(command)}
+
+A detection's score is its class probability p, or with `model.detection_objectness_weight` w the weighted
+geometric mean p ** (1 - w) * o ** w with its proposal's object probability o (`maskrcnn.postprocess.detect`).
+For each w, the threshold of {", ".join(map(str, SCORING_THRESHOLDS))} with the best bPQ on fold 2 (a training
+fold) is used on fold 3; recall, precision and SQ are fold 3's, at that threshold. The runs are trained runs
+of `experiments/learning.py` in the work folder (`learning`: `make bench-learning`'s model).
+
+{scoring_table(results)}
+"""
+
+
+def fold2(record: dict) -> float:
+    """The fold-2 bPQ at the threshold chosen there: what a row is judged by (fold 3 chooses nothing)."""
+    return record["bpq_by_threshold"][f"{record['threshold']:g}"]
+
+
+def table(records: list[dict], timing: dict | None) -> str:
+    from maskrcnn.diagnostics import NUCLEUS_BUCKETS
+
+    lost = [b for b in NUCLEUS_BUCKETS if b != "matched"]
+    base = {r["images"]: r["fold3"]["bpq"] for r in records if r["name"].rsplit("-", 1)[0] == "base"}
+    lines = [
+        "| row | change | images | fold-2 bPQ | bPQ | bPQ - base | recall | precision | DQ | SQ | "
+        + " | ".join(lost)
+        + " | threshold | step (s) | step vs base |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(lost) + "---:|---:|---:|",
+    ]
+    what = {n: w for n, w, _ in ROWS}
+
+    def delta(r):
+        ref = base.get(r["images"])
+        return "" if ref is None else f"{r['fold3']['bpq'] - ref:+.4f}"
+
+    base_time = None
+    if timing and "base" in timing["seconds"]:
+        base_time = timing["seconds"]["base"]
+    for r in records:
+        row = r["name"].rsplit("-", 1)[0]
+        m, w = r["fold3"], r["waterfall"]
+        shares = " | ".join(f"{w[b] / w['nuclei']:.1%}" for b in lost)
+        ratio = ""
+        if base_time and timing and row in timing["seconds"]:
+            per_round = [a / b for a, b in zip(timing["seconds"][row], base_time, strict=True)]
+            ratio = f"{harness.median(per_round):.2f}x ({harness.spread(per_round)})"
+        lines.append(
+            f"| {row} | {what.get(row, '')} | {r['images']:,} | {fold2(r):.4f} | {m['bpq']:.4f} | {delta(r)} "
+            f"| {m['recall']:.3f} | {m['precision']:.3f} | {m['dq']:.3f} | {m['sq']:.3f} | {shares} "
+            f"| {r['threshold']:g} "
+            f"| {r['step_seconds']:.2f} | {ratio} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default="runs/ablation")
-    p.add_argument("--rows", nargs="*", help="row names to (re)evaluate; default: every row not yet done")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "learning_ablation.md"))
+    p.add_argument("--data", required=True, help="the consep_train folder")
+    p.add_argument("--work", default="runs/ablation", help="scratch folder for folds, dataset and runs")
+    p.add_argument("--images", type=int, default=learning.DEFAULT_IMAGES, help="training budget in images")
+    p.add_argument("--rows", nargs="*", choices=ROW_NAMES, help="rows to run (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every row")
+    p.add_argument("--time", action="store_true", help="time every row's train step in one run, in turn")
+    p.add_argument("--scoring", nargs="*", metavar="RUN", help="score trained runs with the RPN's objectness")
+    p.add_argument("--out", default=os.path.join(harness.RESULTS, "learning_ablation.md"))
+    p.add_argument("--scoring-out", default=os.path.join(harness.RESULTS, "learning_scoring.md"))
     args = p.parse_args(argv)
     work = os.path.abspath(args.work)
-    old = os.path.join(work, "learning.json")  # what bench_learning.py at b8bd4d5 measured for r0
-    if os.path.exists(old) and not os.path.exists(os.path.join(work, "ablation-r0.json")):
-        m = json.load(open(old))["maskrcnn"]
-        row = {k: m[k] for k in ("bpq", "mpq", "map50", "recall", "precision")}
-        with open(os.path.join(work, "ablation-r0.json"), "w") as f:
-            json.dump({**row, "proposal_recall": float("nan"), "source": "bench_learning.py at b8bd4d5"}, f)
-    for name, run, _, overrides in ROWS:
-        done = os.path.exists(os.path.join(work, f"ablation-{name}.json"))
-        if name == "r0":
-            continue
-        if not os.path.exists(os.path.join(work, run, "model.weights.h5")):
-            print(f"{name}: no trained run in {work}/{run}, skipped")
-            continue
-        if (args.rows and name in args.rows) or (not args.rows and not done):
-            print(f"{name}: evaluating {run} with {overrides or 'its own config'}")
-            print(evaluate_row(work, name, run, overrides))
-    lines = [
-        "| row | change | bPQ | recall | precision | proposal recall | mAP@0.5 |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, _, what, _ in ROWS:
-        path = os.path.join(work, f"ablation-{name}.json")
-        if os.path.exists(path):
-            r = json.load(open(path))
-            recall = r["proposal_recall"]
-            recall = "as the next row" if recall != recall else f"{recall:.3f}"  # NaN: not measured
-            lines.append(
-                f"| {name} | {what} | {r['bpq']:.4f} | {r['recall']:.3f} | {r['precision']:.3f} "
-                f"| {recall} | {r['map50']:.4f} |"
+    rows = args.rows or ROW_NAMES
+    timing_path = os.path.join(work, "step_times.json")
+    command = "python experiments/ablation_learning.py --data " + os.path.abspath(args.data)
+    if args.time:
+        timing = time_rows(args.data, work, rows, args.set)
+        with open(timing_path, "w") as f:
+            json.dump(timing, f, indent=1)
+    elif args.scoring:
+        results = [scoring(work, run) for run in args.scoring]
+        command += f" --work {args.work} --scoring " + " ".join(args.scoring)
+        harness.write(args.scoring_out, scoring_page(command, results))
+        return 0
+    else:
+        for row in rows:
+            learning.run(
+                args.data,
+                work,
+                "learning",
+                name=run_name(row, args.images),
+                images=args.images,
+                overrides=overrides_of(row, args.set),
             )
-    table = "\n".join(lines)
-    print(table)
-    coverage = coverage_table(work)
-    print(coverage)
-    with open(os.path.join(work, "ablation_table.md"), "w") as f:
-        f.write(table + "\n\n" + coverage + "\n")
+    timing = json.load(open(timing_path)) if os.path.exists(timing_path) else None
+    records = []
+    for row in ROW_NAMES:
+        for path in sorted(glob.glob(os.path.join(work, f"{row}-*.json"))):
+            records.append(json.load(open(path)))
+    records.sort(key=lambda r: (r["images"], ROW_NAMES.index(r["name"].rsplit("-", 1)[0])))
+    timed_on = "" if timing is None else f"; {timing['device']}, commit {timing['commit']}"
+    text = f"""# Learning ablation: each recipe choice on its own, at an equal budget of images
+
+{harness.header(command)}
+
+Rows: `experiments/ablation_learning.py` (`ROWS`), each one run of `experiments/learning.py`: the `learning`
+config with one change, trained from scratch on CoNSeP folds 1 + 2 for the budget of images, the score
+threshold chosen on fold 2, fold 3 scored. Fold-2 bPQ: at that threshold, what a row is kept or dropped by
+(fold 2 is a training fold; fold 3 chooses nothing). bPQ, recall, precision, DQ and SQ on fold 3; the
+waterfall columns are the shares of fold-3 nuclei that each stage loses first (`maskrcnn diagnose`; the rest
+are matched). Step (s): each run's own step time, timed alone after its training on the device of its
+record. Step vs base: the ratio to `base` when every row's step is timed in turn in one run
+(`--time`, {TIME_ROUNDS} rounds; median and range over rounds{timed_on}).
+
+{table(records, timing)}
+"""
+    harness.write(args.out, text)
     return 0
 
 

@@ -12,15 +12,14 @@ references are get_fast_pq, remap_label and binarize as HoVer-Net and PanNuke-me
 from __future__ import annotations
 
 import os
-import platform
-import statistics
 import time
 
+import harness
 import numpy as np
 
 from maskrcnn.evaluation import average_precision, instances_from_label_map, pannuke_metrics, panoptic_quality
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results", "evaluation.md")
+RESULTS = os.path.join(harness.RESULTS, "evaluation.md")
 FOLD_IMAGES = 2656  # PanNuke fold 1
 
 
@@ -118,20 +117,7 @@ def median_time(fn, repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}, "
-        f"{platform.system()} {platform.release()}"
-    )
+    return harness.median(times)
 
 
 def main():
@@ -163,9 +149,9 @@ def main():
     lines = [
         "# Evaluation speed",
         "",
-        "Made by `make bench-evaluation` (`python experiments/bench_evaluation.py`) on "
-        f"{time.strftime('%Y-%m-%d')}: {machine()}.",
-        "Medians of repeated runs; another job shared the machine.",
+        harness.header("make bench-evaluation (python experiments/bench_evaluation.py)"),
+        "",
+        f"numpy {np.__version__}. Medians of repeated runs.",
         "",
         f"Inputs: 256x256 label maps with {min(counts)}-{max(counts)} nuclei (mean {np.mean(counts):.0f}); "
         "the prediction a shifted copy with a tenth of the nuclei missing. For the protocol the nuclei are "
@@ -188,10 +174,7 @@ def main():
         "loops over instances. Ours: one `np.bincount` over the pixels' pairs of compact ids per image.",
         "Both give the same PQ on every image here (checked to 1e-12), and the same bPQ and class PQs.",
     ]
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    harness.write(RESULTS, "\n".join(lines))
 
 
 if __name__ == "__main__":

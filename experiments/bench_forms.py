@@ -21,19 +21,24 @@ of the `fast` preset's train step (batch 4: 1,024 sampled ROIs, 256 channels, ma
 
 Beside each row: the largest difference between the two forms' outputs and gradients, each relative to
 its largest value.
+
+``--targets`` times forms without a gradient, the ATSS anchor assignment at `fast`'s anchors for a batch:
+ranking every anchor of each level against each box (``atss_every_anchor`` below: a top-k over
+all the level's anchors, then a scatter into an anchors x boxes table; the form before issue 30) and the
+window of locations around each box (``maskrcnn.targets``), with the share of anchors they label alike.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import platform
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results", "forms.md")
-REPEATS = 3
+RESULTS = os.path.join(harness.RESULTS, "forms.md")
+STEP_RESULTS = os.path.join(harness.RESULTS, "forms_step.md")
+TARGETS_RESULTS = os.path.join(harness.RESULTS, "forms_targets.md")
 
 
 def corner_align(table, boxes, level, shapes, scales, output_size, sampling_ratio, aligned):
@@ -63,6 +68,116 @@ def corner_align(table, boxes, level, shapes, scales, output_size, sampling_rati
     )
     r, c, g = samples.shape[0], samples.shape[-1], sampling_ratio
     return samples.reshape(r, oh, g, ow, g, c).mean(axis=(2, 4)).astype(table.dtype)
+
+
+def atss_every_anchor(anchors, gt_boxes, gt_valid, *, topk, level_sizes, anchors_per_location, mode):
+    """ATSS positives and matches of one image as ``maskrcnn.targets.assign_anchors`` found them before
+    issue 30: each level's candidates by a top-k over all its anchors, marked by a scatter."""
+    import jax
+    import jax.numpy as jnp
+
+    from maskrcnn.ops import pairwise_iou
+
+    iou = jnp.where(gt_valid[None, :], pairwise_iou(anchors, gt_boxes), -1.0)
+    a_centre, g_centre = (anchors[:, :2] + anchors[:, 2:]) / 2, (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    group = anchors_per_location if mode == "locations" else 1
+    columns, candidate, first = jnp.arange(gt_boxes.shape[0])[:, None], jnp.zeros(iou.shape, bool), 0
+    for size in level_sizes:
+        centres = a_centre[first : first + size : group]
+        dist = jnp.sum((g_centre[:, None, :] - centres[None, :, :]) ** 2, axis=-1)
+        _, nearest = jax.lax.top_k(-dist, min(topk, centres.shape[0]))
+        members = (nearest[:, :, None] * group + jnp.arange(group)).reshape(nearest.shape[0], -1)
+        candidate = candidate.at[first + members, columns].set(True)
+        first += size
+    count = candidate.sum(axis=0)
+    mean = jnp.sum(jnp.where(candidate, iou, 0.0), axis=0) / count
+    var = jnp.sum(jnp.where(candidate, (iou - mean) ** 2, 0.0), axis=0) / jnp.maximum(count - 1, 1)
+    inside = (
+        (a_centre[:, None, 0] > gt_boxes[None, :, 0])
+        & (a_centre[:, None, 1] > gt_boxes[None, :, 1])
+        & (a_centre[:, None, 0] < gt_boxes[None, :, 2])
+        & (a_centre[:, None, 1] < gt_boxes[None, :, 3])
+    )
+    pairs = candidate & inside & gt_valid[None, :] & (iou >= mean + jnp.sqrt(var)) & (iou > 0)
+    positive = jnp.any(pairs, axis=1)
+    return positive, jnp.where(positive, jnp.where(pairs, iou, -1.0).argmax(axis=1), -1)
+
+
+def targets_table(batch: int = 16, repeats: int = 5) -> None:
+    """The ATSS assignment of a batch of `fast`'s ground truth, both forms, jitted and vmapped."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from maskrcnn import targets
+    from maskrcnn.config import load_config
+    from maskrcnn.model.maskrcnn import anchor_assignment, config_anchors
+
+    config = load_config("fast")
+    size = (config.data.image_size,) * 2
+    anchors = jnp.asarray(config_anchors(config.model, size))
+    kw = anchor_assignment(config.model, size)
+    slots = config.data.max_instances
+    rng = np.random.default_rng(0)
+    centre = rng.uniform(0, size[0], (batch, slots, 2))
+    half = rng.uniform(3, 20, (batch, slots, 2))  # nuclei of 6-40 px
+    gt = jnp.asarray(np.clip(np.concatenate([centre - half, centre + half], -1), 0, size[0]), jnp.float32)
+    valid = jnp.asarray(rng.uniform(size=(batch, slots)) < 0.6)  # some slots padding
+    lines = [
+        "# ATSS anchor assignment: every anchor ranked against the window of locations, same run",
+        "",
+        harness.header("python experiments/bench_forms.py --targets"),
+        "",
+        f"`fast`'s anchors ({anchors.shape[0]:,} at {size[0]} px: {kw['anchors_per_location']} a location), "
+        f"{batch} images of {slots} ground-truth slots (60% used, boxes of 6-40 px), vmapped and jitted; "
+        f"median of {repeats} calls after the compile, the two forms in turn.",
+        "",
+        "| candidates | every anchor ranked (ms) | window (ms) | speed-up | anchors labelled alike |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for mode in ("anchors", "locations"):
+        old = jax.jit(
+            jax.vmap(
+                functools.partial(
+                    atss_every_anchor,
+                    anchors,
+                    topk=kw["topk"],
+                    level_sizes=kw["level_sizes"],
+                    anchors_per_location=kw["anchors_per_location"],
+                    mode=mode,
+                )
+            )
+        )
+        new = jax.jit(
+            jax.vmap(
+                lambda g, v, mode=mode: targets.assign_anchors(
+                    anchors, g, v, **{**kw, "atss_candidates": mode}
+                )
+            )
+        )
+        (old_pos, old_match), (new_pos, _, new_match) = old(gt, valid), new(gt, valid)
+        agree = np.mean(
+            (np.asarray(old_pos) == np.asarray(new_pos))
+            & (~np.asarray(old_pos) | (np.asarray(old_match) == np.asarray(new_match)))
+        )
+        for fn in (old, new):
+            jax.block_until_ready(fn(gt, valid))
+        times = harness.rounds(
+            {
+                "old": lambda old=old: harness.timed(old, gt, valid)[1],
+                "new": lambda new=new: harness.timed(new, gt, valid)[1],
+            },
+            repeats,
+        )
+        t_old, t_new = harness.median(times["old"]), harness.median(times["new"])
+        lines.append(
+            f"| by {mode[:-1]} | {1000 * t_old:.1f} | {1000 * t_new:.1f} | {t_old / t_new:.1f}x "
+            f"| {agree:.4%} |"
+        )
+        print(lines[-1], flush=True)
+    harness.write(TARGETS_RESULTS, "\n".join(lines))
 
 
 def tap_conv(x, kernel, strides=(1, 1), padding="same"):
@@ -106,14 +221,15 @@ def tap_conv(x, kernel, strides=(1, 1), padding="same"):
 
 
 def whole_step(tap: bool) -> dict:
-    """``bench_xla_flags.fast_figures`` (compile, train-step and inference times of `fast`), every
+    """Compile, train-step and inference times of `fast` (``programs.whole_program``), every
     ``keras.layers.Conv2D`` of the model taking ``tap_conv``'s kernel gradient if ``tap``."""
     import importlib
 
     importlib.import_module("maskrcnn")  # first: it selects Keras' JAX backend
     import keras
+    from programs import whole_program
 
-    from experiments.bench_xla_flags import fast_figures
+    from maskrcnn.config import load_config
 
     if tap:
         plain = keras.layers.Conv2D.convolution_op
@@ -124,48 +240,31 @@ def whole_step(tap: bool) -> dict:
             return tap_conv(inputs, keras.ops.convert_to_tensor(kernel), self.strides, self.padding)
 
         keras.layers.Conv2D.convolution_op = convolution_op
-    return fast_figures()
+    figures = whole_program(load_config("fast"), repeats=3)
+    return {k: figures[k] for k in ("compile_train_s", "train_step_per_image_s", "infer_per_image_s")}
 
 
 def step_table(rounds: int = 2) -> None:
     """``whole_step`` with and without the per-tap gradient, alternating, each in its own process."""
-    from experiments.bench_model import in_child
-
-    print(
-        "| convolution gradient | compile train step (s) | train step (s / image) | inference (s / image) |"
-    )
-    print("|---|---:|---:|---:|")
+    lines = [
+        "# The per-tap kernel gradient in every convolution of the whole `fast` train step",
+        "",
+        harness.header("python experiments/bench_forms.py --step-table"),
+        "",
+        f"Each row a process of its own, the two forms alternating over {rounds} rounds.",
+        "",
+        "| convolution gradient | compile train step (s) | train step (s / image) | inference (s / image) |",
+        "|---|---:|---:|---:|",
+    ]
     for _ in range(rounds):
         for form in ("xla", "tap"):
-            f = in_child([__file__, "--step", form])
-            print(
+            f = harness.in_child([__file__, "--step", form])
+            lines.append(
                 f"| {form} | {f['compile_train_s']:.1f} | {f['train_step_per_image_s']:.2f} "
-                f"| {f['infer_per_image_s']:.2f} |",
-                flush=True,
+                f"| {f['infer_per_image_s']:.2f} |"
             )
-
-
-def timings(fn, *args):
-    """(forward ms, forward + backward ms, [output, *gradients]) of ``fn`` jitted."""
-    import jax
-    import jax.numpy as jnp
-
-    from experiments.bench_ops import median_seconds
-
-    forward = jax.jit(fn)
-    both = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.square(fn(*a))), argnums=tuple(range(len(args)))))
-    return (
-        1000 * median_seconds(forward, *args, repeats=REPEATS),
-        1000 * median_seconds(both, *args, repeats=REPEATS),
-        [forward(*args), *both(*args)],
-    )
-
-
-def relative_difference(old, new) -> float:
-    """The largest |old - new| over the output and each gradient, each relative to its largest |old|."""
-    import jax.numpy as jnp
-
-    return max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))) for a, b in zip(old, new, strict=True))
+            print(lines[-1], flush=True)
+    harness.write(STEP_RESULTS, "\n".join(lines))
 
 
 def main():
@@ -251,46 +350,34 @@ def main():
     lines = [
         "# Exact rewrites of issue 18: old and new form of one computation, same run",
         "",
-        f"Made by `python experiments/bench_forms.py`, {time.strftime('%Y-%m-%d')}. "
-        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
-        f"device {jax.devices()[0].platform}, jax {jax.__version__}. "
+        harness.header("python experiments/bench_forms.py"),
+        "",
         f"Shapes of `fast`'s train step at batch 4 ({rois} ROIs, {channels} channels). Medians of "
-        f"{REPEATS} jitted calls after the compile; forward + backward: the gradient of a sum of squares.",
+        f"{harness.FORM_REPEATS} jitted calls after the compile; forward + backward: the gradient of a sum "
+        "of squares. The per-tap gradient in the whole step: `forms_step.md` (`--step-table`).",
         "",
         "| computation | old forward (ms) | new forward (ms) | old fwd + bwd (ms) | new fwd + bwd (ms) "
         "| speed-up fwd + bwd | largest relative difference |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, old, new, args in rows:
-        old_fwd, old_both, old_out = timings(old, *args)
-        new_fwd, new_both, new_out = timings(new, *args)
-        diff = relative_difference(old_out, new_out)
+        old_fwd, old_both, old_out = harness.form_timings(old, *args)
+        new_fwd, new_both, new_out = harness.form_timings(new, *args)
+        diff = harness.relative_difference(old_out, new_out)
         lines.append(
             f"| {name} | {old_fwd:.0f} | {new_fwd:.0f} | {old_both:.0f} | {new_both:.0f} "
             f"| {old_both / new_both:.1f}x | {diff:.1e} |"
         )
         print(lines[-1], flush=True)
-    with open(RESULTS, "w") as f:
-        f.write("\n".join(lines) + "\n" + NOTES)
-
-
-NOTES = """
-The per-tap kernel gradient of the convolution rows was put into every convolution of the model and the
-whole `fast` train step timed against XLA's gradient (`python experiments/bench_forms.py --step-table`,
-2026-12-03, two processes each, alternating, the machine otherwise idle): 4.93 and 4.48 s per image
-with it, 3.54 and 3.82 s without; compile 55.5 and 49.0 s against 44.9 and 43.8 s; inference, the same
-forward convolution, 1.90 and 1.27 s against 1.63 and 2.01 s. The gain of the wide rows above is lost
-in the step (the 3x3 convolutions of the ResNet stages, at 64 channels, run slower this way): the step
-is 1.3x slower with it, so the model keeps Keras' own convolution.
-"""
+    harness.write(RESULTS, "\n".join(lines))
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--step"]:  # one process of step_table
-        import json
-
         print(json.dumps(whole_step(sys.argv[2] == "tap")))
     elif sys.argv[1:] == ["--step-table"]:
         step_table()
+    elif sys.argv[1:] == ["--targets"]:
+        targets_table()
     else:
         main()

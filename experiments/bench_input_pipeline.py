@@ -1,13 +1,14 @@
-"""Training-batch throughput of the input pipeline, with augmentation, at 256 px and at 1024 px.
+"""Training-batch throughput of the input pipeline, with augmentation, by loader and worker count.
 
     make bench-input        # writes experiments/results/input_pipeline.md
 
 Two sources: ``synthetic`` (examples held decoded in memory: the pipeline's own work only) and ``tfds``
 (the array_record dataset built by ``maskrcnn/datasets/pannuke`` from generated PanNuke-format folds and
 read through ``tfds.data_source``: PNG and zlib decoding included, as in training). Shapes: the ``fast``
-preset (256 px, 256 instance slots, 28x28 mini-masks, batch 4) and the ``paper`` preset (1024 px, 100 slots,
-56x56 mini-masks). Each row pulls whole batches from ``make_train_iterator`` with 1 and with 2 worker
-threads, after one warm-up batch.
+preset (256 px, 256 instance slots, 28x28 mini-masks) and the ``paper`` preset (1024 px, 100 slots, 56x56
+mini-masks), batch 16. Each row pulls whole batches from ``make_train_iterator`` after two warm-up batches
+(the worker processes start then), with threads (``data.loader="threads"``) and with worker processes
+(``"processes"``) at 1 up to every core of the machine; the batches are the same either way.
 """
 
 from __future__ import annotations
@@ -15,95 +16,104 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import tempfile
 import time
 
-import numpy as np
-import tensorflow_datasets as tfds
+import harness
 
-from maskrcnn import input_pipeline as ip
-from maskrcnn.config import load_config
-from maskrcnn.pannuke import builder_class
-from maskrcnn.synthetic import write_folds
-
-RESULTS = os.path.join(os.path.dirname(__file__), "results", "input_pipeline.md")
+RESULTS = os.path.join(harness.RESULTS, "input_pipeline.md")
+BATCH = 16
 
 
-def throughput(config, batches: int, workers: int) -> float:
-    """Examples per second over ``batches`` training batches (one more before the clock starts)."""
-    ip.loader._workers = lambda: workers  # noqa: SLF001 - the bench varies the pool size
+def throughput(config, batches: int) -> float:
+    """Examples per second over ``batches`` training batches (two more before the clock starts)."""
+    from maskrcnn import input_pipeline as ip
+
     pulled, epoch, start = 0, 0, None
-    while pulled <= batches:
+    while pulled < batches + 2:
         for batch in ip.make_train_iterator(config, epoch=epoch):
             assert batch["valid"].any()
-            if pulled == 0:
-                start = time.perf_counter()
             pulled += 1
-            if pulled > batches:
+            if pulled == 2:
+                start = time.perf_counter()
+            if pulled == batches + 2:
                 break
         epoch += 1
     return batches * config.train.batch_size / (time.perf_counter() - start)
 
 
 def main():
+    import tensorflow_datasets as tfds
+
+    from maskrcnn.config import load_config
+    from maskrcnn.datasets.pannuke import Builder
+    from maskrcnn.input_pipeline import loader
+    from maskrcnn.synthetic import write_folds
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images-per-fold", type=int, default=40)
-    parser.add_argument("--batches", type=int, default=40, help="timed batches per row (1024 px: a quarter)")
+    parser.add_argument("--batches", type=int, default=12, help="timed batches per row (1024 px: a third)")
     args = parser.parse_args()
-
+    cores = loader._cores()
+    counts = sorted({1, 2, cores // 2, cores} - {0})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         write_folds(os.path.join(tmp, "folds"), args.images_per_fold, seed=11)
-        builder = builder_class()(config="all_classes", data_dir=os.path.join(tmp, "tfds"))
+        builder = Builder(config="all_classes", data_dir=os.path.join(tmp, "tfds"))
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=os.path.join(tmp, "folds"))
         )
         for preset in ("fast", "paper"):
             base = load_config(preset)
             for source in ("synthetic", "tfds"):
-                data = dataclasses.replace(
-                    base.data,
-                    variant="all_classes",
-                    augment=True,
-                    builder="synthetic" if source == "synthetic" else "pannuke",
-                    data_dir=os.path.join(tmp, "tfds"),
-                    synthetic_images_per_fold=args.images_per_fold,
-                )
-                config = dataclasses.replace(
-                    base,
-                    data=data,
-                    model=dataclasses.replace(base.model, num_classes=data.num_classes),
-                    train=dataclasses.replace(base.train, batch_size=4, steps_per_epoch=None),
-                )
-                batches = args.batches if data.image_size <= 256 else max(4, args.batches // 4)
-                speeds = [throughput(config, batches, w) for w in (1, 2)]
-                rows.append(
-                    (preset, data.image_size, data.max_instances, data.mini_mask_size, source, speeds)
-                )
-                print(rows[-1], flush=True)
+                speeds = {}
+                for kind in ("threads", "processes"):
+                    for n in counts:
+                        data = dataclasses.replace(
+                            base.data,
+                            variant="all_classes",
+                            builder="synthetic" if source == "synthetic" else "pannuke",
+                            data_dir=os.path.join(tmp, "tfds"),
+                            synthetic_images_per_fold=args.images_per_fold,
+                            loader=kind,
+                            loader_workers=n,
+                        )
+                        config = dataclasses.replace(
+                            base,
+                            data=data,
+                            model=dataclasses.replace(base.model, num_classes=data.num_classes),
+                            train=dataclasses.replace(base.train, batch_size=BATCH, steps_per_epoch=None),
+                        )
+                        loader._workers = lambda n=n: n  # noqa: SLF001 - the thread count varies here
+                        batches = args.batches if data.image_size <= 256 else max(3, args.batches // 3)
+                        speeds[kind, n] = throughput(config, batches)
+                        loader.shutdown_pools()
+                        print(preset, source, kind, n, f"{speeds[kind, n]:.0f} images/s", flush=True)
+                rows.append((preset, data.image_size, source, speeds))
 
     lines = [
         "# Input pipeline speed",
         "",
-        f"Made by `make bench-input` (`python experiments/bench_input_pipeline.py`) on "
-        f"{time.strftime('%Y-%m-%d')}: {platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, numpy {np.__version__}.",
+        harness.header("make bench-input (python experiments/bench_input_pipeline.py)"),
         "",
-        "Training batches (batch 4) from `make_train_iterator` with augmentation on (flips, rotation within "
-        "+-10 degrees), resize, boxes from masks, mini-masks and padding. `synthetic`: examples decoded in "
-        "memory; `tfds`: read from the array_record build through `tfds.data_source` (PNG and zlib decoding "
-        "included).",
+        f"Training batches (batch {BATCH}) from `make_train_iterator` with augmentation on (flips, rotation "
+        "within +-10 degrees, stain and colour jitter where the preset sets them), resize, boxes from masks, "
+        "mini-masks and padding, in images per second. `synthetic`: examples decoded in memory; `tfds`: "
+        "read from the array_record build through `tfds.data_source` (PNG and zlib decoding included). "
+        'Threads share one process\'s GIL; worker processes (`data.loader="processes"`, the default from '
+        f"{loader.MIN_CORES_FOR_PROCESSES} cores up) do not.",
         "",
-        "| preset | image px | slots | mini-mask | source | images/s, 1 thread | images/s, 2 threads |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "| preset | image px | source | "
+        + " | ".join(f"{n} thread{'s' * (n > 1)}" for n in counts)
+        + " | "
+        + " | ".join(f"{n} process{'es' * (n > 1)}" for n in counts)
+        + " |",
+        "|---|---:|---|" + "---:|" * (2 * len(counts)),
     ]
-    for preset, size, slots, mini, source, (one, two) in rows:
-        lines.append(f"| {preset} | {size} | {slots} | {mini} | {source} | {one:.0f} | {two:.0f} |")
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for preset, size, source, speeds in rows:
+        cells = [f"{speeds[k, n]:.0f}" for k in ("threads", "processes") for n in counts]
+        lines.append(f"| {preset} | {size} | {source} | " + " | ".join(cells) + " |")
+    harness.write(RESULTS, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,15 @@
 """Does the model learn real nuclei? Mask R-CNN from scratch on real H&E tiles against a classical baseline.
 
     make bench-learning DATA=/path/to/consep_train     # folder with consep_train.npz, make_pannuke_fold.py
-    python experiments/bench_learning.py --data DIR [--work runs/learning] [--config ...] [--epochs N]
+    python experiments/bench_learning.py --data DIR [--images 5632] [--config learning] [--set KEY=VALUE]
+    python experiments/bench_learning.py --data DIR --images 100000 --set train.batch_size=16  # on a GPU
 
-1. Three PanNuke-format folds from the CoNSeP tiles with the data's own script, disjoint by source image
-   (images 1-8, 9-16, 17-25), in ``<work>/folds`` (never in the repository: the data may not be shared).
-2. The tfds builder builds them (``all_classes``) into ``<work>/tensorflow_datasets``.
-3. The ``learning`` config (a binary detector; ``--config learning_classes`` for the
-   five-class one) trains from scratch on folds 1 and 2 (no validation: fold 3 is never seen).
-4. The trained model is evaluated on the fold-3 folder read directly (the same command works on any other
-   PanNuke-format fold: ``maskrcnn evaluate --workdir <work>/<config name> --split DIR``).
-5. The classical baseline (:mod:`maskrcnn.baseline`) is tuned on folds 1 and 2 and scored on fold 3 with
-   the same metric functions.
-6. ``experiments/results/learning.md`` (``--out``) and ``learning_curves.png`` beside it get the figures
-   and the training curves.
-
-Every step reuses what an earlier run left in ``<work>`` (delete it to start over); training resumes from
-its newest checkpoint after a crash.
+One run of :mod:`learning` (CoNSeP tiles as three PanNuke-format folds; the ``learning`` config trained from
+scratch on folds 1 + 2 for a budget of images; the score threshold chosen on fold 2; fold 3 scored and every
+nucleus followed through the model by ``maskrcnn diagnose``), and the classical pipeline (colour
+deconvolution, Otsu, distance-transform watershed; :mod:`maskrcnn.baseline`) tuned on folds 1 + 2 and scored
+on fold 3 with the same metric functions. Writes ``experiments/results/learning.md`` (``--out``) and the
+training curves beside it; the record of the run is ``<work>/<name>.json``.
 """
 
 from __future__ import annotations
@@ -26,74 +19,14 @@ import csv
 import dataclasses
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
+import harness
+import learning
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
-# Source images of each fold (tile names are train_<image>_<tile>); disjoint, so no tissue is shared.
-FOLD_IMAGES = {1: "1-8", 2: "9-16", 3: "17-25"}
 BASELINE_SAMPLE = 96  # training tiles the baseline is tuned on (spread evenly over folds 1 and 2)
-# detection_min_confidence values tried on a training fold; the best bPQ there is used on fold 3.
-TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-TUNE_FOLD = 2
-
-
-def make_folds(data: str, out: str) -> dict[int, str]:
-    """Writes the three folds with the data's script; returns fold -> folder."""
-    script, npz = os.path.join(data, "make_pannuke_fold.py"), os.path.join(data, "consep_train.npz")
-    for path in (script, npz):
-        if not os.path.isfile(path):
-            raise SystemExit(f"{path} not found: --data must be the consep_train folder (see its README.md)")
-    folders = {}
-    for fold, images in FOLD_IMAGES.items():
-        folder = os.path.join(out, f"Fold {fold}")
-        done = os.path.join(folder, ".complete")
-        if not os.path.exists(done):
-            cmd = [sys.executable, script, "--in", npz, "--out", out, "--fold", str(fold), "--images", images]
-            subprocess.run(cmd, check=True)
-            open(done, "w").close()
-        folders[fold] = folder
-    return folders
-
-
-def build(folds_dir: str, data_dir: str, variant: str) -> None:
-    import tensorflow_datasets as tfds
-
-    from maskrcnn.pannuke import builder_class
-
-    builder = builder_class()(config=variant, data_dir=data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=folds_dir))
-
-
-def tune_threshold(config, model, folder: str, out_dir: str) -> tuple[float, dict[float, float]]:
-    """The ``detection_min_confidence`` of :data:`TUNE_THRESHOLDS` with the best bPQ on ``folder`` (a
-    training fold: the test fold never chooses anything) and the bPQ of each; cached in ``out_dir``."""
-    from maskrcnn.inference import evaluate
-
-    cached = os.path.join(out_dir, "thresholds.json")
-    if os.path.exists(cached):
-        scores = {float(k): v for k, v in json.load(open(cached)).items()}
-    else:
-        scores = {}
-        for t in TUNE_THRESHOLDS:
-            cfg = dataclasses.replace(
-                config, model=dataclasses.replace(config.model, detection_min_confidence=t)
-            )
-            model.set_inference_config(cfg.model)
-            run = evaluate(
-                cfg, model, folder, os.path.join(out_dir, f"{t:g}"), max_overlays=0, progress=False
-            )
-            scores[t] = float(run["bpq"])
-            print(f"   detection_min_confidence {t:g}: bPQ {scores[t]:.4f} on {folder}")
-        model.set_inference_config(config.model)
-        with open(cached, "w") as f:
-            json.dump(scores, f, indent=1)
-    return max(scores, key=scores.get), scores
 
 
 def train_curves(log_csv: str, out_png: str, title: str) -> list[float]:
@@ -122,17 +55,6 @@ def train_curves(log_csv: str, out_png: str, title: str) -> list[float]:
     fig.savefig(out_png)
     plt.close(fig)
     return means["loss"]
-
-
-def detection_rates(true_instances, pred_instances) -> dict:
-    """Nucleus-level recall and precision at IoU > 0.5 over a fold (the matches PQ counts)."""
-    from maskrcnn.evaluation import panoptic_quality
-
-    tp = fp = fn = 0
-    for true, pred in zip(true_instances, pred_instances, strict=True):
-        q = panoptic_quality(true, pred)
-        tp, fp, fn = tp + q.tp, fp + q.fp, fn + q.fn
-    return {"recall": tp / max(tp + fn, 1), "precision": tp / max(tp + fp, 1)}
 
 
 def baseline_scores(train_sources, test_source) -> dict:
@@ -174,102 +96,135 @@ def baseline_scores(train_sources, test_source) -> dict:
         "bpq": metrics["bpq"],
         "aji": mean_aji(true_inst, pred_inst),
         "map50": evaluation.mean_average_precision(ap_inputs, 0.5),
-        **detection_rates(true_inst, pred_inst),
+        **learning.detection_rates(true_inst, pred_inst),
     }
 
 
-ANALYSIS = """
-## What limits it now
+def coverage_of(config, folders) -> dict:
+    """Anchor coverage (``maskrcnn anchors``) of the training nuclei of folds 1 + 2, pooled."""
+    from maskrcnn.diagnostics import anchor_coverage
 
-Each detection change measured on its own, the anchor coverage of each assignment rule, and what the
-figures say limits the result: [learning_ablation.md](learning_ablation.md).
-"""
+    parts = [anchor_coverage(config, folders[k]) for k in (1, 2)]
+    nuclei = sum(c["nuclei"] for c in parts)
+    pooled = {
+        key: sum(c[key] * c["nuclei"] for c in parts) / nuclei
+        for key in ("covered", "mean_positives", "iou70", "iou50")
+    }
+    m = config.model
+    octaves = (
+        f" x octaves {', '.join(f'{o:.3g}' for o in m.anchor_octaves)}" if len(m.anchor_octaves) > 1 else ""
+    )
+    pooled["anchors"] = (
+        f"scales {', '.join(f'{s:g}' for s in m.anchor_scales)} px{octaves} on strides "
+        f"{', '.join(map(str, m.anchor_strides))}, ratios {', '.join(f'{r:g}' for r in m.anchor_ratios)}; "
+        f"assignment {m.rpn_assignment}"
+    )
+    return {"nuclei": nuclei, **pooled}
 
 
-def write_results(path: str, info: dict) -> None:
-    m, b, a, th = info["maskrcnn"], info["baseline"], info["anchors"], info["threshold"]
-    gap = m["bpq"] - b["bpq"]
-    tried = ", ".join(f"{float(t):g}: {v:.4f}" for t, v in th["bpq_by_threshold"].items())
-    u = th["fold3_at_config"]
+def limits(record: dict) -> str:
+    """What the waterfall says limits the result: the lost nuclei's buckets, largest first."""
+    from maskrcnn.diagnostics import NUCLEUS_BUCKETS, PREDICTED_BUCKETS
+
+    w = record["waterfall"]
+    lost = sorted((b for b in NUCLEUS_BUCKETS if b != "matched"), key=lambda b: -w[b])
+    parts = ", ".join(f"{b} {w[b] / w['nuclei']:.1%}" for b in lost)
+    false = ", ".join(f"{b} {w[b]}" for b in sorted(PREDICTED_BUCKETS, key=lambda b: -w[b]))
+    unmatched = w["predicted"] - w["matched"]
+    return (
+        f"Of the {w['nuclei']} fold-3 nuclei, {w['matched'] / w['nuclei']:.1%} are matched; the rest are "
+        f"lost at (largest first): {parts}. Of the {w['predicted']} predicted instances, {unmatched} match "
+        f"no nucleus: {false}."
+    )
+
+
+def _row(label: str, m: dict, keys: tuple[str, ...]) -> str:
+    cells = [f"{m[k]:.4f}" if k in m and m[k] == m[k] else "" for k in keys]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def write_results(
+    path: str, record: dict, base: dict, coverage: dict, curves: str, losses: list, command: str
+):
+    from maskrcnn.diagnostics import format_waterfall
+
+    m, u, t = record["fold3"], record["fold3_at_config_threshold"], record["trained_on"]
+    tried = ", ".join(f"{float(k):g}: {v:.4f}" for k, v in record["bpq_by_threshold"].items())
     classes = ""
     if len(m["per_class"]) > 1:
-        rows = "\n".join(
-            f"| {name} | {info['test_counts'].get(name, 0)} | {pq:.4f} |"
-            for name, pq in m["per_class"].items()
-            if info["test_counts"].get(name, 0)  # CoNSeP maps no nucleus to epithelial
-        )
-        classes = f"""
-mPQ {m["mpq"]:.4f}. Per-class PQ (mean over the fold-3 tiles that hold the class; its nuclei in fold 3):
-
-| class | nuclei | PQ |
-|---|---:|---:|
-{rows}
-"""
+        rows = "\n".join(f"| {name} | {pq:.4f} |" for name, pq in m["per_class"].items() if pq == pq)
+        classes = f"\nmPQ {m['mpq']:.4f}. Per-class PQ on fold 3:\n\n| class | PQ |\n|---|---:|\n{rows}\n"
+    overrides = ", ".join(f"`{o}`" for o in record["overrides"])
+    keys = ("bpq", "recall", "precision", "dq", "sq", "aji", "map50")
+    table = "\n".join(
+        [
+            "| method | bPQ | recall | precision | DQ | SQ | AJI | mask mAP@0.5 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            _row(f"Mask R-CNN (`{record['name']}`)", m, keys),
+            _row("classical: H channel, Otsu, watershed", base, keys),
+        ]
+    )
     text = f"""# Learning benchmark: Mask R-CNN from scratch on real H&E nuclei, against a classical baseline
 
-Command: `{info["command"]}` ({info["date"]}; {info["machine"]}).
+{harness.header(command, record)}
+Trained on {t["device"]} ({t["date"]}, commit {t["commit"]}): **{record["images"]:,} images**
+({record["steps"]:,} steps of {record["batch"]}) in **{record["train_minutes"]:.1f} min**; a train step takes
+{record["step_seconds"]:.3f} s on the device above (median of {learning.TIMED_STEPS}, timed alone after
+training).
+
 Data: the CoNSeP training tiles of `../shared/data/consep_train` (real, hand-labelled colorectal H&E,
-256 x 256; research use only, never committed) written as three PanNuke-format folds by the data's own
-`make_pannuke_fold.py`, disjoint by source image: fold 1 = images {FOLD_IMAGES[1]} ({info["fold_sizes"][1]}
-tiles), fold 2 = images {FOLD_IMAGES[2]} ({info["fold_sizes"][2]}), fold 3 = images {FOLD_IMAGES[3]}
-({info["fold_sizes"][3]}). Classes as that script maps them (CoNSeP epithelial -> neoplastic, inflammatory,
-spindle-shaped -> connective, other -> dead).
+256 x 256; research use only, never committed) as three PanNuke-format folds by the data's own
+`make_pannuke_fold.py`, disjoint by source image: fold 1 = images {learning.FOLD_IMAGES[1]}, fold 2 = images
+{learning.FOLD_IMAGES[2]}, fold 3 = images {learning.FOLD_IMAGES[3]}. Mask R-CNN: the `{record["config"]}`
+config {"with " + overrides if overrides else "as shipped"}, from random weights, on folds 1 + 2, no
+validation; scored on the fold-3 folder (`maskrcnn evaluate --workdir {record["workdir"]} --split
+"{record["folds"]["3"]}"`). Baseline: haematoxylin (colour deconvolution), Gaussian smoothing, Otsu threshold
+x factor, hole filling, small-object removal, distance-transform watershed (`maskrcnn/baseline.py`), its
+four parameters tuned on {base["tuned_on_images"]} tiles of folds 1 + 2 (best training bPQ
+{base["tuning_bpq"]:.4f}): `{base["params"]}`.
 
-Mask R-CNN: the `{info["config"]}` config (`{info["config_path"]}`: {info["network"]}, SGD lr {info["lr"]}
-with linear decay per step, {info["epochs"]} epochs, from random initialisation), trained on folds 1 + 2 in
-**{info["train_minutes"]:.1f} min**, no validation; evaluated on the fold-3 folder (`maskrcnn evaluate
---workdir {info["workdir"]} --split "{info["test_fold"]}"`). Baseline: haematoxylin (colour deconvolution),
-Gaussian smoothing, Otsu threshold x factor, hole filling, small-object removal, distance-transform
-watershed (`maskrcnn/baseline.py`), its four parameters tuned by coordinate search on
-{b["tuned_on_images"]} tiles of folds 1 + 2 (best training bPQ {b["tuning_bpq"]:.4f}, in
-{b["tune_seconds"]:.0f} s): `{b["params"]}`.
+## Fold 3 (all nuclei)
 
-## Fold 3 ({info["test_images"]} tiles, all nuclei)
+{table}
 
-| method | bPQ | AJI | mask mAP@0.5 |
-|---|---:|---:|---:|
-| Mask R-CNN (`{info["config"]}`, from scratch) | **{m["bpq"]:.4f}** | {m["aji"]:.4f} | {m["map50"]:.4f} |
-| classical: H channel, Otsu, watershed | {b["bpq"]:.4f} | {b["aji"]:.4f} | {b["map50"]:.4f} |
-| difference | {gap:+.4f} | {m["aji"] - b["aji"]:+.4f} | {m["map50"] - b["map50"]:+.4f} |
-
-bPQ: per tile (binary: every nucleus, whatever its class), averaged over tiles with nuclei (one tissue,
-so the PanNuke per-tissue mean is this mean). AJI: binary, mean over tiles with nuclei. mAP@0.5: mean
-of per-tile mask AP (the baseline ranks its nuclei by mean haematoxylin density). Mask R-CNN's COCO
-mask AP: {m["coco_ap"]:.4f}.
-
-Where the nuclei are lost (nucleus-level matches at IoU > 0.5 over fold 3, the ones PQ counts):
-
-| method | recall | precision |
-|---|---:|---:|
-| Mask R-CNN | {m["recall"]:.3f} | {m["precision"]:.3f} |
-| classical | {b["recall"]:.3f} | {b["precision"]:.3f} |
-
-Proposal recall (fold-3 nuclei with an inference-time proposal at IoU >= 0.5): {m["proposal_recall"]:.3f}.
-
-Score threshold: Mask R-CNN's rows use `detection_min_confidence` {th["chosen"]:g}, the best bPQ on fold
-{th["fold"]} (a training fold; fold 3 chooses nothing) of those tried ({tried}). At the config's own
-{th["config"]:g}, fold 3 gives bPQ {u["bpq"]:.4f}, recall {u["recall"]:.3f}, precision {u["precision"]:.3f}.
-
-Anchor coverage of the {a["nuclei"]} training nuclei (anchors {a["anchors"]}; `maskrcnn anchors`):
-{a["covered"]:.1%} have a positive anchor, {a["mean_positives"]:.2f} positives per nucleus; {a["iou70"]:.1%}
-have an anchor of IoU >= 0.7, {a["iou50"]:.1%} one of IoU >= 0.5.
+bPQ: per tile, every nucleus whatever its class, averaged over tiles with nuclei (one tissue, so the
+PanNuke per-tissue mean is this mean). Recall, precision, DQ and SQ: the pairs PQ counts (IoU > 0.5),
+pooled over fold 3. Mask R-CNN's COCO mask AP: {m["coco_ap"]:.4f}; proposal recall (nuclei with an
+inference-time proposal at box IoU >= 0.5): {m["proposal_recall"]:.3f}.
 {classes}
-Training curves (`{info["curves"]}`, per-epoch mean of the logged training losses; epoch 1
-{info["loss_first"]:.3f}, last three epochs {info["loss_last"]:.3f}):
+Score threshold: `detection_min_confidence` {record["threshold"]:g}, the best bPQ on fold
+{learning.TUNE_FOLD} (a training fold; fold 3 chooses nothing) of those tried ({tried}). At the config's
+own {u["threshold"]:g}, fold 3 gives bPQ {u["bpq"]:.4f}, recall {u["recall"]:.3f}, precision
+{u["precision"]:.3f}.
 
-![training curves]({info["curves"]})
-{ANALYSIS if info["config"] == "learning" else ""}"""
-    with open(path, "w") as f:
-        f.write(text)
+## Where the nuclei are lost (`maskrcnn diagnose`, fold 3, threshold {record["threshold"]:g})
+
+{format_waterfall(record["waterfall"])}
+
+{limits(record)} Each bucket is the first stage that loses the nucleus (`maskrcnn diagnose --help`;
+`maskrcnn/diagnostics.py`); each recipe choice measured against these buckets:
+[learning_ablation.md](learning_ablation.md).
+
+Anchor coverage of the {coverage["nuclei"]} training nuclei (anchors {coverage["anchors"]};
+`maskrcnn anchors`): {coverage["covered"]:.1%} have a positive anchor, {coverage["mean_positives"]:.2f}
+positives per nucleus; {coverage["iou70"]:.1%} have an anchor of IoU >= 0.7, {coverage["iou50"]:.1%} one of
+IoU >= 0.5.
+
+Training curves (`{os.path.basename(curves)}`, per-epoch mean of the logged training losses; first epoch
+{losses[0]:.3f}, last three {np.mean(losses[-3:]):.3f}):
+
+![training curves]({os.path.basename(curves)})
+"""
+    harness.write(path, text)
 
 
 def command_line(args) -> str:
     """The `make bench-learning` line that repeats this run (its ARGS: what differs from the defaults)."""
     extra = [] if args.config == "learning" else ["--config", args.config]
-    extra += ["--epochs", str(args.epochs)] if args.epochs else []
+    extra += [] if args.images == learning.DEFAULT_IMAGES else ["--images", str(args.images)]
     extra += ["--name", args.name] if args.name else []
     extra += [f"--set {s}" for s in args.set]
-    if os.path.abspath(args.out) != os.path.abspath(os.path.join(RESULTS, "learning.md")):
+    if os.path.abspath(args.out) != os.path.abspath(os.path.join(harness.RESULTS, "learning.md")):
         extra += ["--out", os.path.relpath(args.out)]
     line = "make bench-learning DATA=" + os.path.abspath(args.data)
     return line + (f' ARGS="{" ".join(extra)}"' if extra else "")
@@ -280,173 +235,40 @@ def main(argv=None) -> int:
     p.add_argument(
         "--data", required=True, help="the consep_train folder (consep_train.npz, make_pannuke_fold.py)"
     )
-    p.add_argument("--work", default="runs/learning", help="scratch folder for folds, dataset and model")
+    p.add_argument("--work", default="runs/learning", help="scratch folder for folds, dataset and runs")
     p.add_argument("--config", default="learning", help="a preset name or a config file")
-    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--images", type=int, default=learning.DEFAULT_IMAGES, help="training budget in images")
     p.add_argument("--name", help="the run's name (default: the config's); its folder is <work>/<name>")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--out", default=os.path.join(RESULTS, "learning.md"))
+    p.add_argument("--out", default=os.path.join(harness.RESULTS, "learning.md"))
     args = p.parse_args(argv)
 
-    from maskrcnn import pannuke
-    from maskrcnn.config import CONFIG_DIR, StageConfig, apply_overrides, load_config
-    from maskrcnn.diagnostics import anchor_coverage, proposal_recall
-    from maskrcnn.inference import evaluate
+    from maskrcnn.config import apply_overrides, load_config
     from maskrcnn.input_pipeline import FoldSource
-    from maskrcnn.train.loop import train
 
-    work = os.path.abspath(args.work)
-    folds_dir, data_dir = os.path.join(work, "folds"), os.path.join(work, "tensorflow_datasets")
-    print("1/5 PanNuke-format folds from the CoNSeP tiles")
-    folders = make_folds(os.path.abspath(args.data), folds_dir)
-    config = apply_overrides(load_config(args.config), [f"data.data_dir={data_dir!r}", *args.set])
-    if args.name:
-        config = dataclasses.replace(config, name=args.name)
-    workdir = os.path.join(work, config.name)
-    if args.epochs:
-        stage = config.train.stages[0]
-        config = dataclasses.replace(
-            config,
-            train=dataclasses.replace(
-                config.train,
-                stages=(StageConfig(stage.name, stage.layers, args.epochs, stage.learning_rate),),
-            ),
-        )
-    print(f"2/5 Building them with the tfds builder into {data_dir}")
-    build(folds_dir, data_dir, pannuke.dataset_config(config.data.variant))
-
-    print(f"3/5 Training {config.name!r} on {config.data.train_split} from scratch")
-    timing = os.path.join(workdir, "train_seconds.json")
-    if os.path.exists(os.path.join(workdir, "model.weights.h5")) and os.path.exists(timing):
-        from maskrcnn.train.workdir import load_trained
-
-        _, model = load_trained(workdir)
-        model.set_inference_config(config.model)  # the config file's inference settings, if changed since
-        with open(timing) as f:
-            seconds = json.load(f)["seconds"]
-        print(f"   reusing the trained model in {workdir} ({seconds / 60:.1f} min)")
-    else:
-        previous = json.load(open(timing))["seconds"] if os.path.exists(timing) else 0.0
-        start = time.time()
-        model = train(config, workdir, resume=True, validate=False)
-        seconds = previous + time.time() - start
-        with open(timing, "w") as f:
-            json.dump({"seconds": seconds}, f)
-
-    print(
-        f"4/5 Choosing the score threshold on fold {TUNE_FOLD} (a training fold), evaluating on {folders[3]}"
+    record = learning.run(
+        args.data, args.work, args.config, name=args.name, images=args.images, overrides=args.set
     )
-    untuned = config.model.detection_min_confidence
-    threshold, tuning = tune_threshold(config, model, folders[TUNE_FOLD], os.path.join(workdir, "tune"))
-    at_default = evaluate(
-        config, model, folders[3], os.path.join(workdir, "eval-fold3-untuned"), progress=False
-    )
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, detection_min_confidence=threshold)
-    )
-    model.set_inference_config(config.model)
-    metrics = evaluate(config, model, folders[3], os.path.join(workdir, "eval-fold3"))
+    folders = {int(k): v for k, v in record["folds"].items()}  # JSON keys are strings
+    config = apply_overrides(load_config(args.config), args.set)
 
-    print("5/5 The classical baseline: tuned on folds 1 + 2, scored on fold 3")
-    train_sources = [FoldSource(folders[k], config.data.variant) for k in (1, 2)]
-    test_source = FoldSource(folders[3], config.data.variant)
-    cached = os.path.join(work, "baseline.json")  # the baseline does not depend on the config
+    cached = os.path.join(args.work, "baseline.json")  # the baseline does not depend on the config
     if os.path.exists(cached):
         base = json.load(open(cached))
     else:
-        base = baseline_scores(train_sources, test_source)
+        print("The classical baseline: tuned on folds 1 + 2, scored on fold 3")
+        sources = {k: FoldSource(folders[k], config.data.variant) for k in (1, 2, 3)}
+        base = baseline_scores([sources[1], sources[2]], sources[3])
         with open(cached, "w") as f:
             json.dump(base, f, indent=1, default=float)
+    base.setdefault("recall", float("nan"))
+    base.setdefault("precision", float("nan"))
 
-    coverage = {"folds 1+2": [anchor_coverage(config, folders[k]) for k in (1, 2)]}
-    coverage = {
-        "nuclei": sum(c["nuclei"] for c in coverage["folds 1+2"]),
-        **{
-            key: sum(c[key] * c["nuclei"] for c in coverage["folds 1+2"])
-            / sum(c["nuclei"] for c in coverage["folds 1+2"])
-            for key in ("covered", "mean_positives", "iou70", "iou50")
-        },
-    }
-    m = config.model
-    coverage["anchors"] = (
-        f"scales {', '.join(f'{s:g}' for s in m.anchor_scales)} px"
-        + (
-            f" x octaves {', '.join(f'{o:.3g}' for o in m.anchor_octaves)}"
-            if len(m.anchor_octaves) > 1
-            else ""
-        )
-        + f" on strides {', '.join(map(str, m.anchor_strides))}, ratios "
-        f"{', '.join(f'{r:g}' for r in m.anchor_ratios)}; assignment {m.rpn_assignment}"
-    )
-    with np.load(os.path.join(workdir, "eval-fold3", "predictions.npz")) as saved:
-        rates = detection_rates(saved["true_instances"], saved["pred_instances"])
-    rates["proposal_recall"] = proposal_recall(config, model, folders[3])
-    with np.load(os.path.join(workdir, "eval-fold3-untuned", "predictions.npz")) as saved:
-        untuned_rates = detection_rates(saved["true_instances"], saved["pred_instances"])
-
-    counts = {}
-    for i in range(len(test_source)):
-        example = test_source[i]
-        ids, first = np.unique(example["instances"], return_index=True)
-        for c in example["classes"].ravel()[first[ids > 0]]:
-            name = config.data.class_names[int(c) - 1]
-            counts[name] = counts.get(name, 0) + 1
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     curves = os.path.splitext(os.path.abspath(args.out))[0] + "_curves.png"
-    stage = config.train.stages[0]
-    epoch_loss = train_curves(
-        os.path.join(workdir, "log.csv"), curves, f"{config.name}: {stage.epochs} epochs on folds 1+2"
+    losses = train_curves(
+        os.path.join(record["workdir"], "log.csv"), curves, f"{record['name']}: {record['images']:,} images"
     )
-    bn = "batch-norm statistics trained" if config.model.train_bn else "batch norm frozen"
-    info = {
-        "command": command_line(args),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
-        "fold_sizes": {k: len(FoldSource(v, config.data.variant)) for k, v in folders.items()},
-        "config": config.name,
-        "config_path": os.path.relpath(
-            args.config if args.config.endswith(".py") else os.path.join(CONFIG_DIR, f"{args.config}.py"),
-            os.path.dirname(HERE),
-        ),
-        "network": (
-            f"{config.model.backbone} backbone of width {config.model.backbone_width}, FPN "
-            f"{config.model.fpn_channels}, {bn}, "
-            f"{config.data.variant} variant ({config.data.num_classes} class(es)), "
-            f"{config.data.image_size} px, batch {config.train.batch_size}"
-        ),
-        "curves": os.path.basename(curves),
-        "lr": stage.learning_rate,
-        "epochs": stage.epochs,
-        "train_minutes": seconds / 60,
-        "loss_first": epoch_loss[0],
-        "loss_last": float(np.mean(epoch_loss[-3:])),
-        "workdir": os.path.relpath(workdir),
-        "test_fold": os.path.relpath(folders[3]),
-        "test_images": len(test_source),
-        "test_counts": counts,
-        "maskrcnn": {
-            "bpq": metrics["bpq"],
-            "mpq": metrics["mpq"],
-            "aji": metrics["aji"],
-            "map50": metrics["map50"],
-            "coco_ap": metrics["coco"]["ap"],
-            "per_class": metrics["per_class"],
-            **rates,
-        },
-        "anchors": coverage,
-        "baseline": base,
-        "threshold": {
-            "fold": TUNE_FOLD,
-            "bpq_by_threshold": tuning,
-            "chosen": threshold,
-            "config": untuned,
-            "fold3_at_config": {"bpq": at_default["bpq"], "mpq": at_default["mpq"], **untuned_rates},
-        },
-    }
-    with open(os.path.join(work, f"{config.name}.json"), "w") as f:
-        json.dump(info, f, indent=1, default=float)
-    write_results(args.out, info)
-    print(open(args.out).read())
+    write_results(args.out, record, base, coverage_of(config, folders), curves, losses, command_line(args))
     return 0
 
 

@@ -12,13 +12,10 @@ timed after a warm-up; the table reports medians.
 from __future__ import annotations
 
 import os
-import platform
-import statistics
-import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import harness  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -35,30 +32,16 @@ Notes:
   on these random boxes. On edge cases theirs is not the classic algorithm (checked by hand): of two
   boxes with equal scores it keeps the higher index, a box whose IoU equals the threshold is suppressed,
   a box whose coordinates are all <= 0 is dropped, and padding indices are 0 rather than -1.
-- On this CPU ours took 0.5-0.7x their time on NMS in two runs on 2026-12-03 (1.5-1.9x on 2026-11-24, before
-  pairwise_iou worked on coordinate columns and the cross-tile reduction ran over the major axis);
-  the GPU comparison is still to be made.
 - keras-cv's ROI aligner could not be run: keras-cv 0.9 (its last release) predates JAX 0.10 and its
   multilevel_crop_and_resize fails with a TypeError. It is not the standard ROIAlign anyway (one sample
   at each bin centre, no half-cell shift).
 - keras-hub's ROIAlign is torchvision's adaptive-sampling definition in Keras ops; on boxes whose bins
   span 1-2 cells it computes what ours does with sampling_ratio 2 ('same result' checks the outputs,
   for boxes inside the map). For samples more than one cell beyond the map it reads the clamped border
-  value where torchvision's definition (and ours) gives 0: on boxes reaching 5 cells past a 16-cell map
-  the outputs differ by up to 1.8 (unit-variance features).
+  value where torchvision's definition (and ours) gives 0, so boxes reaching past the map differ.
 """
-RESULTS = os.path.join(os.path.dirname(__file__), "results", "ops.md")
+RESULTS = os.path.join(harness.RESULTS, "ops.md")
 IMAGE = 1024
-
-
-def median_seconds(fn, *args, repeats=7):
-    jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def proposal_like_boxes(rng, n):
@@ -72,13 +55,8 @@ def interleaved_medians(fns, *args, repeats=25):
     """Median seconds of each jitted function, timed in turn within each round (so drift hits all alike)."""
     for fn in fns.values():
         jax.block_until_ready(fn(*args))  # compile
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    timers = {name: (lambda fn=fn: harness.timed(fn, *args)[1]) for name, fn in fns.items()}
+    return {name: harness.median(t) for name, t in harness.rounds(timers, repeats).items()}
 
 
 def nms_rows(rng):
@@ -133,7 +111,7 @@ def roi_rows(rng):
         return multilevel_roi_align(p, b, 7, strides=strides)
 
     for fn, what in ((ours, "forward"), (_with_grad(ours), "forward + gradient")):
-        t = median_seconds(jax.jit(fn), pyramid, boxes)
+        t = harness.median_seconds(jax.jit(fn), pyramid, boxes)
         case = f"ROIAlign P2-P5 of 1024 px, 1000 boxes, 7x7x256, {what}"
         rows.append(
             (case, "keras-cv 0.9 multilevel_crop_and_resize: fails on JAX 0.10", t, float("nan"), "n/a")
@@ -159,8 +137,8 @@ def roi_rows(rng):
         (mine, hub, "forward"),
         (_with_grad(mine), _with_grad(hub), "forward + gradient"),
     ):
-        t_mine = median_seconds(jax.jit(f_mine), fmap, small[None])
-        t_hub = median_seconds(jax.jit(f_hub), fmap, rois)
+        t_mine = harness.median_seconds(jax.jit(f_mine), fmap, small[None])
+        t_hub = harness.median_seconds(jax.jit(f_hub), fmap, rois)
         case = f"ROIAlign one 16x16x64 map, 200 boxes, 7x7, {what}"
         rows.append((case, "keras-hub 0.32 sam3 roi_align", t_mine, t_hub, "yes" if same else "no"))
     return rows
@@ -177,14 +155,13 @@ def main():
     rng = np.random.default_rng(0)
     rows, by_tile = nms_rows(rng)
     rows += roi_rows(rng)
-    cpu = platform.processor() or platform.machine()
     lines = [
         "# Ops speed: ours against keras-hub and keras-cv (JAX backend)",
         "",
-        "Made by `make bench-ops` (`python experiments/bench_ops.py`); medians of jitted runs after a "
-        "warm-up (NMS: 25 rounds, each timing every NMS in turn; ROIAlign: 7 runs).",
-        f"Machine: {os.cpu_count()} CPU cores ({cpu}), jax {jax.__version__} on {jax.default_backend()}, "
-        f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}.",
+        harness.header("make bench-ops (python experiments/bench_ops.py)"),
+        "",
+        "Medians of jitted runs after a warm-up (NMS: 25 rounds, each timing every NMS in turn; "
+        "ROIAlign: 7 runs).",
         "",
         "| case | other | ours (ms) | theirs (ms) | ours / theirs | same result |",
         "|---|---|---:|---:|---:|---|",
@@ -203,10 +180,7 @@ def main():
     for n, seconds in by_tile.items():
         lines.append(f"| {n} | " + " | ".join(f"{seconds[t] * 1e3:.2f}" for t in TILES) + " |")
     lines.append(NOTES)
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    harness.write(RESULTS, "\n".join(lines))
 
 
 if __name__ == "__main__":

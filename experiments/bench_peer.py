@@ -15,7 +15,7 @@ images, torch with as many threads as the machine has cores.
 Inference is timed at batch 1 (ours with label maps; theirs with masks pasted and label maps made the
 same way) at a score threshold of 0 and a detection NMS threshold of 1 (nothing suppressed), so that
 both fill their detection slots: random weights decide how many detections pass a real threshold and
-survive NMS (47 of torchvision's 256 at 0.3 in a trial), and its mask head's cost follows that count.
+survive NMS, and its mask head's cost follows that count.
 The train step is one SGD step (momentum 0.9, weight decay 1e-4, gradients clipped at norm 5, every
 layer trained) on the preset's batch; per-image figures divide by it. Ours runs its mask head over a
 static round(train_rois_per_image * roi_positive_ratio) slots an image whatever number of them hold a
@@ -27,6 +27,11 @@ After a first call of each, the calls of both models take turns over ``--rounds`
 process each (ours in a child: torch and XLA in one process crashed); the figures are their medians.
 Two parts of the train step are also timed alone on both sides, forward + backward: the backbone with
 the FPN, and the mask head over the same-work ROIs; the rest of the step is the difference.
+
+On a GPU the same command runs both there (torch on CUDA, under ``torch.autocast(bfloat16)`` when the
+config sets ``train.mixed_precision``; ours with JAX's memory preallocation off, so both fit), each timer
+waiting for its device: ``python experiments/bench_peer.py fast --infer-batch 16 --set
+train.batch_size=16 --set train.mixed_precision=True``.
 """
 
 from __future__ import annotations
@@ -34,15 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results", "peer.md")
+RESULTS = os.path.join(harness.RESULTS, "peer.md")
 GOALS = {"inference": 0.8, "train": 1.0}  # issue 18: ours / theirs at most
 
 
@@ -58,14 +62,14 @@ def peer_config(preset: str, overrides: list[str]):
 PROMPT = "@@ "  # the child's answers on stdout start with this; anything else there is passed over
 
 
-def serve(preset: str, overrides: list[str]) -> None:
+def serve(preset: str, overrides: list[str], infer_batch: int) -> None:
     """The child process: compiles ours, prints its compile figures, then runs one call per command read
     from stdin ("train", "infer", "backbone_fpn" or "mask_head") and prints its seconds; "done" prints
     whether the loss stayed finite."""
-    from experiments.bench_model import compiled_programs
+    from programs import compiled_programs
 
     config = peer_config(preset, overrides)
-    p = compiled_programs(config, infer_batch=1)
+    p = compiled_programs(config, infer_batch=infer_batch)
     p.update(our_parts(p["model"], p["batch"], mask_head_slots(config)))
     keys = ("device", "compile_train_s", "compile_infer_s", "detections_per_image", "train_batch")
 
@@ -88,15 +92,14 @@ def our_parts(model, batch, slots: int) -> dict:
     gradient). Each runs one call and returns its seconds."""
     import jax
     import jax.numpy as jnp
-
-    from experiments.stages import _forward_backward, _layer, _variables
+    from stages import forward_backward, pure, variables
 
     cfg = model.config
     images = (batch["image"].astype("float32") - jnp.asarray(cfg.pixel_mean, jnp.float32)).astype(
         model.compute_dtype
     )
-    backbone, fpn = _layer(model.backbone, training=cfg.train_bn), _layer(model.fpn, training=True)
-    (tb, nb), (tf, nf) = _variables(model.backbone), _variables(model.fpn)
+    backbone, fpn = pure(model.backbone, training=cfg.train_bn), pure(model.fpn, training=True)
+    (tb, nb), (tf, nf) = variables(model.backbone), variables(model.fpn)
 
     def backbone_fpn(trainable, non_trainable, x):
         return fpn(trainable[1], non_trainable[1], backbone(trainable[0], non_trainable[0], x))
@@ -104,23 +107,17 @@ def our_parts(model, batch, slots: int) -> dict:
     size, channels = cfg.mask_pool_size, cfg.fpn_channels
     pooled = jax.random.normal(jax.random.PRNGKey(1), (images.shape[0], slots, size, size, channels))
     parts = {
-        "backbone_fpn": _forward_backward(backbone_fpn, (tb, tf), (nb, nf), [images], input_grads=False),
-        "mask_head": _forward_backward(
-            _layer(model.mask_head, training=True),
-            *_variables(model.mask_head),
+        "backbone_fpn": forward_backward(backbone_fpn, (tb, tf), (nb, nf), [images], input_grads=False),
+        "mask_head": forward_backward(
+            pure(model.mask_head, training=True),
+            *variables(model.mask_head),
             [pooled.astype(model.compute_dtype)],
         ),
     }
 
     def timer(fn, args):
         jax.block_until_ready(fn(*args))  # the compile
-
-        def run() -> float:
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            return time.perf_counter() - start
-
-        return run
+        return lambda: harness.timed(fn, *args)[1]
 
     return {name: timer(*part) for name, part in parts.items()}
 
@@ -129,17 +126,18 @@ class Ours:
     """Our model in a child process (torch and XLA in one process crashed), driven one call at a time so
     that its calls interleave with torchvision's."""
 
-    def __init__(self, preset: str, overrides: list[str]):
+    def __init__(self, preset: str, overrides: list[str], infer_batch: int):
         import tempfile
 
         sets = [a for o in overrides for a in ("--set", o)]
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, preset, *sets, "--serve"],
+            [sys.executable, __file__, preset, *sets, "--infer-batch", str(infer_batch), "--serve"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
+            env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},  # leave a GPU's memory to torch too
         )
         self.figures = self._answer()
 
@@ -235,35 +233,52 @@ def torchvision_model(config):
     return model
 
 
-def theirs(config) -> dict:
+def theirs(config, infer_batch: int) -> dict:
     """torchvision's model on the same batch: ``infer()``, ``train()`` and ``train_filled()`` (the step
     with as many positives as our mask-head slots, :func:`fill_positives`) each run one call and return
     its seconds; beside them what the calls saw (``seen``: detections, mask-head ROIs, losses)."""
+    import contextlib
+
     import numpy as np
     import torch
     import torchvision
 
-    torch.set_num_threads(os.cpu_count())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count())
+    else:
+        torch.backends.cudnn.benchmark = True
+    bf16 = device.type == "cuda" and config.train.mixed_precision  # as ours: bf16 compute, float32 weights
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     batch = config.train.batch_size
-    model = torchvision_model(config)
+    model = torchvision_model(config).to(device)
     images, targets = [], []
     for ex in examples(config, batch):
         valid = ex["valid"]
         y1, x1, y2, x2 = np.asarray(ex["boxes"])[valid].T
-        images.append(torch.from_numpy(np.asarray(ex["image"], np.float32) / 255.0).permute(2, 0, 1))
+        images.append(
+            torch.from_numpy(np.asarray(ex["image"], np.float32) / 255.0).permute(2, 0, 1).to(device)
+        )
         targets.append(
             {
-                "boxes": torch.from_numpy(np.stack([x1, y1, x2, y2], 1)),
-                "labels": torch.from_numpy(np.asarray(ex["classes"])[valid].astype(np.int64)),  # 1-based
-                "masks": torch.from_numpy(np.asarray(ex["masks"])[valid]),
+                "boxes": torch.from_numpy(np.stack([x1, y1, x2, y2], 1)).to(device),
+                "labels": torch.from_numpy(np.asarray(ex["classes"])[valid].astype(np.int64)).to(device),
+                "masks": torch.from_numpy(np.asarray(ex["masks"])[valid]).to(device),
             }
         )
 
     def label_map(out, threshold=0.5):  # as ours: the highest-scoring detection owns a pixel
         masks = out["masks"][:, 0] > threshold  # detections come sorted by score
         if not masks.shape[0]:
-            return torch.zeros(masks.shape[1:], dtype=torch.long)
-        rank = torch.arange(masks.shape[0], 0, -1, dtype=torch.float32)[:, None, None]
+            return torch.zeros(masks.shape[1:], dtype=torch.long, device=device)
+        rank = torch.arange(masks.shape[0], 0, -1, dtype=torch.float32, device=device)[:, None, None]
         return torch.where(masks.any(0), (masks * rank).argmax(0) + 1, 0)
 
     seen = {"detections": [], "mask_rois": {False: [], True: []}, "losses": []}
@@ -279,24 +294,30 @@ def theirs(config) -> dict:
 
     def seconds(fn):
         def run() -> float:
+            synchronize()
             start = time.perf_counter()
             fn()
+            synchronize()
             return time.perf_counter() - start
 
         return run
 
+    infer_images = [images[i % len(images)] for i in range(infer_batch)]
+
     @seconds
     def infer():
         model.eval()
-        with torch.inference_mode():
-            out = model([images[0]])[0]
-            label_map(out)
-        seen["detections"].append(len(out["scores"]))
+        with torch.inference_mode(), autocast():
+            outs = model(infer_images)
+            for out in outs:
+                label_map(out)
+        seen["detections"].append(statistics.mean(len(out["scores"]) for out in outs))
 
     def step(fill: int):
         model.train()
         model.roi_heads.fill_count = fill
-        losses = model(images, targets)
+        with autocast():
+            losses = model(images, targets)
         loss = sum(losses.values())
         optimizer.zero_grad()
         loss.backward()
@@ -307,21 +328,24 @@ def theirs(config) -> dict:
     train, train_filled = seconds(lambda: step(0)), seconds(lambda: step(slots))
     batched = torch.stack(images)
     pooled = torch.randn(batch * slots, config.model.fpn_channels, *(2 * [config.model.mask_pool_size]))
-    pooled.requires_grad_(True)
+    pooled = pooled.to(device).requires_grad_(True)
 
     def backward(fn):  # as our_parts: the gradient of the sum of the outputs, in training mode
         def run():
             model.train()
             model.zero_grad()
-            sum(o.sum() for o in fn()).backward()
+            with autocast():
+                total = sum(o.float().sum() for o in fn())
+            total.backward()
 
         return seconds(run)
 
     backbone_fpn = backward(lambda: model.backbone(batched).values())
     mask_head = backward(lambda: [model.roi_heads.mask_predictor(model.roi_heads.mask_head(pooled))])
+    where = torch.cuda.get_device_name(0) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     return {
-        "version": f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "version": f"torch {torch.__version__}, torchvision {torchvision.__version__}, {where}"
+        + (", bf16 autocast" if bf16 else ""),
         "infer": infer,
         "train": train,
         "train_filled": train_filled,
@@ -333,7 +357,7 @@ def theirs(config) -> dict:
 
 def mask_head_slots(config) -> int:
     """ROIs per image our train step runs the mask head over: its static positive slots, however many of
-    them hold a positive (``MaskRCNN.losses``)."""
+    them hold a positive (``MaskRCNN.training_losses``)."""
     from maskrcnn.targets import positive_slots
 
     return positive_slots(config.model.train_rois_per_image, config.model.roi_positive_ratio)
@@ -342,8 +366,8 @@ def mask_head_slots(config) -> int:
 def fill_positives(roi_heads, count: int) -> None:
     """Make torchvision's ROI sampling label at least ``count`` proposals of each image foreground
     (``roi_heads.fill_count``, which can be changed later; 0: its own labels), so that its box and mask
-    heads do the work of our static shapes: with random weights few proposals overlap a nucleus (16 an
-    image of the 84 slots on 2026-12-03's synthetic batch), and torchvision's mask head runs over the
+    heads do the work of our static shapes: with random weights few proposals overlap a nucleus (the report
+    gives how many ROIs went through each mask head), and torchvision's mask head runs over the
     positives only. Background proposals, in the RPN's order, are promoted to the class of the ground truth
     they overlap most; the sampler then draws its positives and fills the rest with background as before."""
     import torch
@@ -365,15 +389,15 @@ def fill_positives(roi_heads, count: int) -> None:
     roi_heads.assign_targets_to_proposals = assign_filled
 
 
-def report(preset: str, overrides: list[str], a: dict, b: dict, config) -> str:
-    import jax
-
+def report(preset: str, overrides: list[str], a: dict, b: dict, config, infer_batch: int = 1) -> str:
     m = config.model
     infer_ratio = a["infer_per_image_s"] / b["infer_per_image_s"]
     own_ratio = a["train_step_per_image_s"] / b["train_step_per_image_s"]
     train_ratio = a["train_step_per_image_s"] / b["filled_train_step_per_image_s"]
     slots = mask_head_slots(config)
-    sets = "".join(f" --set {o}" for o in overrides)
+    sets = "".join(f" --set {o}" for o in overrides) + (
+        f" --infer-batch {infer_batch}" if infer_batch != 1 else ""
+    )
 
     ours_parts = {k: a[f"{k}_per_image_s"] for k in ("backbone_fpn", "mask_head")}
     theirs_parts = {k: b[f"{k}_per_image_s"] for k in ("backbone_fpn", "mask_head")}
@@ -383,9 +407,6 @@ def report(preset: str, overrides: list[str], a: dict, b: dict, config) -> str:
     def row(what, key):
         x, y = ours_parts[key], theirs_parts[key]
         return f"| {what} | {x:.3f} s | {y:.3f} s | {x / y:.2f} |"
-
-    def spread(ratios):
-        return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
     def goal(ratio, key):
         return f"{'met' if ratio <= GOALS[key] else 'not met'} (goal at most {GOALS[key]})"
@@ -401,9 +422,9 @@ def report(preset: str, overrides: list[str], a: dict, b: dict, config) -> str:
         [
             "# Our Mask R-CNN against torchvision's, same shapes, same machine, same run",
             "",
-            f"Made by `make bench-peer` (`python experiments/bench_peer.py {preset}{sets}`), "
-            f"{time.strftime('%Y-%m-%d')}. Machine: {os.cpu_count()} CPU cores ({platform.machine()}); "
-            f"ours: jax {jax.__version__} on {a['device']}; theirs: {b['version']}. Random weights, "
+            harness.header(f"python experiments/bench_peer.py {preset}{sets}"),
+            "",
+            f"Ours on {a['device']}; theirs: {b['version']}. Random weights, "
             f"synthetic {config.data.image_size} px images, shapes of `{preset}`: {m.backbone}-FPN "
             f"{m.fpn_channels}, {len(m.anchor_octaves) * len(m.anchor_ratios)} anchors a location, best "
             f"{m.pre_nms_limit} of each level before NMS, {m.post_nms_rois_inference} proposals at "
@@ -414,8 +435,8 @@ def report(preset: str, overrides: list[str], a: dict, b: dict, config) -> str:
             "",
             "| what | ours | torchvision | ours / theirs |",
             "|---|---:|---:|---:|",
-            f"| inference per image (batch 1, label maps) | {a['infer_per_image_s']:.3f} s "
-            f"| {b['infer_per_image_s']:.3f} s | **{infer_ratio:.2f}** |",
+            f"| inference per image (batch {infer_batch}, label maps) | {a['infer_per_image_s']:.4f} s "
+            f"| {b['infer_per_image_s']:.4f} s | **{infer_ratio:.2f}** |",
             f"| detections per image in that run | {a['detections_per_image']:.0f} "
             f"| {b['detections_per_image']:.0f} | |",
             f"| train step per image (batch {config.train.batch_size}, every layer), same work: "
@@ -437,8 +458,8 @@ def report(preset: str, overrides: list[str], a: dict, b: dict, config) -> str:
             f"| {a['compile_train_s']:.1f} s | {b['first_train_s']:.1f} s | |",
             "",
             f"Medians of {b['rounds']} rounds, each running every call once, ours and theirs in turn; "
-            f"the ratio within a round ranged {spread(b['round_ratios']['inference'])} at inference and "
-            f"{spread(b['round_ratios']['train'])} in the train step (same work).",
+            f"the ratio within a round ranged {harness.spread(b['round_ratios']['inference'])} at "
+            f"inference and {harness.spread(b['round_ratios']['train'])} in the train step (same work).",
             "",
             f"Inference: {infer_verdict}. Train step, same work: "
             f"{goal(train_ratio, 'train')}. "
@@ -448,15 +469,14 @@ def report(preset: str, overrides: list[str], a: dict, b: dict, config) -> str:
     )
 
 
-def measure(preset: str, overrides: list[str], rounds: int) -> tuple[dict, dict]:
+def measure(preset: str, overrides: list[str], rounds: int, infer_batch: int = 1) -> tuple[dict, dict]:
     """Both models' figures, their calls interleaved: each round runs ours' inference, theirs, ours'
     train step, theirs with its own positives and theirs filled, then the two parts on both sides, so
-    that the machine's drift (torchvision's train step took twice as long one day as the day before on
-    this one) falls on both alike."""
+    that the machine's drift falls on both alike."""
     config = peer_config(preset, overrides)
-    b = theirs(config)  # first: it refuses a backbone torchvision does not have
+    b = theirs(config, infer_batch)  # first: it refuses a backbone torchvision does not have
     print(f"ours: {preset}, compiling ...", flush=True)
-    ours = Ours(preset, overrides)
+    ours = Ours(preset, overrides, infer_batch)
     print(ours.figures, flush=True)
     print("torchvision: first calls ...", flush=True)
     parts = ("backbone_fpn", "mask_head")
@@ -473,8 +493,8 @@ def measure(preset: str, overrides: list[str], rounds: int) -> tuple[dict, dict]
     times = {name: [] for name in names}
     per_image = 1 / config.train.batch_size
     for r in range(rounds):
-        times["ours_infer"].append(ours("infer"))
-        times["infer"].append(b["infer"]())
+        times["ours_infer"].append(ours("infer") / infer_batch)
+        times["infer"].append(b["infer"]() / infer_batch)
         times["ours_train"].append(ours("train") * per_image)
         times["train"].append(b["train"]() * per_image)
         times["train_filled"].append(b["train_filled"]() * per_image)
@@ -522,22 +542,20 @@ def main(argv=None):
     p.add_argument("preset", nargs="?", default="fast")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--infer-batch", type=int, default=1, help="images per inference call (16 on a GPU)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.preset, args.overrides)
+        serve(args.preset, args.overrides, args.infer_batch)
         return
     try:
         import torchvision  # noqa: F401
     except ImportError:
         raise SystemExit('bench-peer needs torch and torchvision: pip install -e ".[peer]"') from None
-    a, b = measure(args.preset, args.overrides, args.rounds)
-    text = report(args.preset, args.overrides, a, b, peer_config(args.preset, args.overrides))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    a, b = measure(args.preset, args.overrides, args.rounds, args.infer_batch)
+    config = peer_config(args.preset, args.overrides)
+    harness.write(args.out, report(args.preset, args.overrides, a, b, config, args.infer_batch))
 
 
 if __name__ == "__main__":

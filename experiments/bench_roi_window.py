@@ -24,22 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results", "roi_window.md")
+RESULTS = os.path.join(harness.RESULTS, "roi_window.md")
 ROUNDS = 5
 
 
 def op_rows(roi_align) -> list[str]:
     import jax
     import numpy as np
-
-    from experiments.bench_forms import relative_difference, timings
 
     strides = (4, 8, 16, 32)
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 4))
@@ -56,12 +52,12 @@ def op_rows(roi_align) -> list[str]:
             )
 
         fit = fit_share(roi_align, pyramid, boxes, size)
-        old_fwd, old_both, old_out = timings(pool(None), *pyramid)
-        new_fwd, new_both, new_out = timings(pool(roi_align.WINDOW), *pyramid)
+        old_fwd, old_both, old_out = harness.form_timings(pool(None), *pyramid)
+        new_fwd, new_both, new_out = harness.form_timings(pool(roi_align.WINDOW), *pyramid)
         rows.append(
             f"| {size}x{size} ({head}), {fit:.0%} of the boxes fit | {old_fwd:.0f} | {new_fwd:.0f} "
             f"| {old_both:.0f} | {new_both:.0f} | {old_both / new_both:.2f}x "
-            f"| {relative_difference(old_out, new_out):.1e} |"
+            f"| {harness.relative_difference(old_out, new_out):.1e} |"
         )
         print(rows[-1], flush=True)
     return rows
@@ -147,7 +143,7 @@ def program_rows(roi_align, workdir: str | None = None) -> list[str]:
 
     times = {w: {"infer": [], "step": []} for w in forms}
     for round_ in range(ROUNDS):
-        # The order alternates: the second program of a round ran up to 1.2x slower than the first.
+        # The order alternates: the second program of a round can run slower than the first.
         for window, f in sorted(forms.items(), reverse=round_ % 2 == 1):
             start = time.perf_counter()
             jax.block_until_ready(f["infer"](variables, images))
@@ -159,7 +155,7 @@ def program_rows(roi_align, workdir: str | None = None) -> list[str]:
     m = config.model
     x = (images.astype("float32") - jnp.asarray(m.pixel_mean, jnp.float32)).astype(model.compute_dtype)
     pyramid = model.fpn(model.backbone(x))
-    proposals, valid = model.proposals(*model.rpn_head(pyramid), (size, size))
+    proposals, _, valid = model.proposals(*model.rpn_head(pyramid), (size, size))
     class_logits, box_deltas = model.box_head(model.roi_features(pyramid[:4], proposals, m.pool_size))
     detections = model.detections(class_logits, box_deltas, proposals, valid, (size, size))
     fit = fit_share(roi_align, pyramid[:4], proposals, m.pool_size, m.roi_canonical_size)
@@ -204,7 +200,6 @@ def main(workdir: str | None = None):
     import importlib
 
     roi_align = importlib.import_module("maskrcnn.ops.roi_align")  # first: it selects Keras' JAX backend
-    import jax
 
     ops = op_rows(roi_align)
     program = program_rows(roi_align)
@@ -214,10 +209,9 @@ def main(workdir: str | None = None):
     lines = [
         "# ROIAlign: the gather form against the window form, same run",
         "",
-        f"Made by `python experiments/bench_roi_window.py{' --workdir ' + workdir if workdir else ''}`, "
-        f"{time.strftime('%Y-%m-%d')}. "
-        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), device {jax.devices()[0].platform}, "
-        f"jax {jax.__version__}. Window {roi_align.WINDOW} cells, spare slots for "
+        harness.header(f"python experiments/bench_roi_window.py{' --workdir ' + workdir if workdir else ''}"),
+        "",
+        f"Window {roi_align.WINDOW} cells, spare slots for "
         f"{roi_align.SPARE_SLOTS:.1%} of a batch's boxes. How each figure is made: the script's docstring.",
         "",
         "The op alone: P2-P5 of four 256 px images, 1,024 boxes of 6-60 px, 256 channels; medians of "
@@ -244,8 +238,7 @@ def main(workdir: str | None = None):
             *program_rows(roi_align, workdir),
             "",
         ]
-    with open(RESULTS, "w") as f:
-        f.write("\n".join(lines))
+    harness.write(RESULTS, "\n".join(lines))
 
 
 if __name__ == "__main__":

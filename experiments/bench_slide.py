@@ -10,6 +10,10 @@ prediction, stitching, polygons, GeoJSON and CSV) with a randomly initialised mo
 the same tiles, read into memory beforehand, go through the same jitted predictor alone. The goal: the
 whole path within 10% of the model alone, i.e. the device never waits on the host. Runs unchanged on a
 GPU (the device is printed and recorded); each device's figures replace only its own block of the results.
+
+``--stub`` measures the host side alone: an instant model that returns ready label maps (``--nuclei``
+nuclei a tile, discs of 4-11 px radius), so the figure is the reading, stitching, outline tracing and
+writing that must keep up with a GPU's model (about 1,000 tiles a second), by reader threads.
 """
 
 from __future__ import annotations
@@ -17,16 +21,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import re
 import shutil
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results", "slide.md")
+RESULTS = os.path.join(harness.RESULTS, "slide.md")
 
 
 def make_slide(path: str, size: int, seed: int = 0):
@@ -61,8 +64,8 @@ def make_slide(path: str, size: int, seed: int = 0):
 def build(config_name: str, min_confidence: float | None, batch: int):
     from maskrcnn.config import load_config
     from maskrcnn.model import build_model
-    from maskrcnn.predict import make_tile_predictor
     from maskrcnn.slides import PANNUKE_MPP, TileModel
+    from maskrcnn.tiling import make_tile_predictor
 
     config = load_config(config_name)
     if min_confidence is not None:
@@ -72,6 +75,73 @@ def build(config_name: str, min_confidence: float | None, batch: int):
         config.model, config.data.image_size, mini_masks=config.data.mini_mask_size is not None
     )
     return config, TileModel(make_tile_predictor(config, model), tuple(config.data.class_names), PANNUKE_MPP)
+
+
+class StubTiles:
+    """An instant tile predictor: ready label maps of ``nuclei`` discs each, handed out in turn."""
+
+    def __init__(self, nuclei: int, variants: int = 8, seed: int = 0):
+        import numpy as np
+
+        from maskrcnn.tiling import TILE
+
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[:TILE, :TILE]
+        self.maps = []
+        for _ in range(variants):
+            labels = np.zeros((TILE, TILE), np.int32)
+            placed = 0
+            for _ in range(nuclei * 30):
+                if placed == nuclei:
+                    break
+                r = rng.uniform(4, 11)
+                cy, cx = rng.uniform(r, TILE - r, 2)
+                disc = (yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= r * r
+                if labels[disc].any():
+                    continue
+                placed += 1
+                labels[disc] = placed
+            self.maps.append((labels, np.full(placed, 0.9, np.float32), np.ones(placed, np.int32)))
+        self.calls = 0
+
+    def __call__(self, tiles):
+        out = []
+        for _ in range(len(tiles)):
+            out.append(self.maps[self.calls % len(self.maps)])
+            self.calls += 1
+        return out
+
+
+def host_side(size: int, nuclei: int, batch: int, threads: list[int], repeats: int) -> str:
+    """Tiles per second of the whole slide path with :class:`StubTiles` as the model, by reader threads."""
+    from maskrcnn.slides import PANNUKE_MPP, SlideOptions, TileModel, segment_slide
+
+    work = tempfile.mkdtemp(prefix="bench-slide-host-")
+    lines = [
+        "| reader threads | tiles | nuclei per tile | tiles/s (instant model) | tiles/s per core |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        path = os.path.join(work, "bench.tif")
+        make_slide(path, size)
+        for count in threads:
+            model = TileModel(StubTiles(nuclei), ("nucleus",), PANNUKE_MPP)
+            options = SlideOptions(tissue_mask=False, batch=batch, read_threads=count, progress=False)
+            best, summary = float("inf"), None
+            for i in range(repeats):
+                started = time.perf_counter()
+                summary = segment_slide(path, f"host{i}", os.path.join(work, "out"), model, options)
+                best = min(best, time.perf_counter() - started)
+            rate = summary["tiles"] / best
+            lines.append(
+                f"| {count} | {summary['tiles']} | {summary['nuclei'] / summary['tiles']:.0f} "
+                f"| {rate:.1f} | {rate / cores:.1f} |"
+            )
+            print(lines[-1], flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return "\n".join(lines)
 
 
 def model_alone(model, tiles, batch: int) -> float:
@@ -173,6 +243,8 @@ def main(argv=None) -> int:
     )
     p.add_argument("--repeats", type=int, default=2, help="runs of each; the fastest counts")
     p.add_argument("--quick", action="store_true", help="a 768 px slide, one run, nothing written")
+    p.add_argument("--stub", action="store_true", help="instead: the host side alone, an instant model")
+    p.add_argument("--nuclei", type=int, default=40, help="--stub: nuclei per tile")
     p.add_argument(
         "--memory",
         type=int,
@@ -183,18 +255,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     command = f"python experiments/bench_slide.py {' '.join(sys.argv[1:] if argv is None else argv)}"
     if args.memory:
-        table = memory(args.memory)
-        write_block(
-            "bench-slide memory",
-            f"Made by `{command}`, {time.strftime('%Y-%m-%d')}; {platform.machine()}, "
-            f"{os.cpu_count()} CPU cores.\n\n{table}",
-        )
+        write_block("bench-slide memory", f"{harness.header(command)}\n\n{memory(args.memory)}")
+        return 0
+    if args.stub:
+        threads = sorted({1, 2, args.read_threads})
+        table = host_side(args.size or 4096, args.nuclei, args.batch, threads, args.repeats)
+        write_block("bench-slide host", f"{harness.header(command)}\n\n{table}")
         return 0
 
     import jax
 
-    from maskrcnn.predict import TILE
     from maskrcnn.slides import ModelResolution, Slide, SlideOptions, TileGrid, segment_slide
+    from maskrcnn.tiling import TILE
 
     device = jax.devices()[0]
     kind = f"{device.platform}: {getattr(device, 'device_kind', device.platform)}"
@@ -252,8 +324,7 @@ def main(argv=None) -> int:
         return 0
     write_block(
         f"bench-slide {device.platform}",
-        f"Made by `{command}`, {time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} CPU "
-        f"cores, jax {jax.__version__}, {args.read_threads} reader threads.\n\n{header}\n{line}",
+        f"{harness.header(command)} {args.read_threads} reader threads.\n\n{header}\n{line}",
     )
     return 0
 

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
 
-from experiments.bench_model import in_child  # noqa: E402
-
-RESULTS = os.path.join(os.path.dirname(__file__), "results", "xla_flags.md")
+RESULTS = os.path.join(harness.RESULTS, "xla_flags.md")
 OPTIONS = [  # (name, XLA_FLAGS)
     ("default", ""),
     ("oneDNN custom calls", "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true"),
@@ -35,31 +31,19 @@ FIGURES = ("compile_train_s", "train_step_per_image_s", "compile_infer_s", "infe
 
 
 def fast_figures() -> dict:
-    """``FIGURES`` of ``bench_model.whole_program`` on `fast`, measured in this process."""
-    from experiments.bench_model import whole_program
+    """``FIGURES`` of ``programs.whole_program`` on `fast`, measured in this process."""
+    from programs import whole_program
+
     from maskrcnn.config import load_config
 
     figures = whole_program(load_config("fast"), repeats=3)
     return {k: figures[k] for k in FIGURES}
 
 
-# Written from the 2026-12-03 run; rewrite it when the figures change.
-NOTES = """
-## Reading the table
-
-Within one option the two passes differ by up to 1.1 s per image in the train step and 1.1 s at
-inference (the default row: 5.18 then 4.12 s), more than any option differs from the default, so none of
-these options is a measured gain on this CPU and the project sets no XLA_FLAGS. The first pass's
-compile times include the machine warming up (the default's 55.8 s fell to 45.1 s on its second pass).
-"""
-
-
 def main() -> None:
-    import jax
-
     runs: dict[str, list[dict]] = {name: [] for name, _ in OPTIONS}
     for name, flags in [*OPTIONS, *reversed(OPTIONS)]:
-        runs[name].append(in_child([__file__, "--one"], env={**os.environ, "XLA_FLAGS": flags}))
+        runs[name].append(harness.in_child([__file__, "--one"], env={**os.environ, "XLA_FLAGS": flags}))
         print(name, runs[name][-1], flush=True)
 
     def both(name, key, digits):
@@ -68,10 +52,11 @@ def main() -> None:
     lines = [
         "# XLA CPU options on the `fast` preset",
         "",
-        f"Made by `python experiments/bench_xla_flags.py`, {time.strftime('%Y-%m-%d')}. "
-        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), jax {jax.__version__}. `fast`, "
-        "synthetic nuclei, batch 4, the 'all' stage; medians of 3 jitted calls after the compile. Each "
-        "cell: the first pass over the rows / the second, in reverse order.",
+        harness.header("python experiments/bench_xla_flags.py"),
+        "",
+        "`fast`, synthetic nuclei, batch 4, the 'all' stage; medians of 3 jitted calls after the compile. "
+        "Each cell: the first pass over the rows / the second, in reverse order: a difference between a "
+        "row's two figures is the machine's drift, the scale against which rows differ.",
         "",
         "| options | XLA_FLAGS | compile train step (s) | train step per image (s) | compile inference (s) "
         "| inference per image (s) |",
@@ -83,9 +68,7 @@ def main() -> None:
             f"| {both(name, 'train_step_per_image_s', 2)} | {both(name, 'compile_infer_s', 1)} "
             f"| {both(name, 'infer_per_image_s', 2)} |"
         )
-    with open(RESULTS, "w") as f:
-        f.write("\n".join(lines) + "\n" + NOTES)
-    print("\n".join(lines))
+    harness.write(RESULTS, "\n".join(lines))
 
 
 if __name__ == "__main__":
