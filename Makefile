@@ -17,8 +17,8 @@ ARGS ?=
 
 STAMP := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA))
 
-.PHONY: install test test-all lint demo data train train-heads train-all evaluate predict \
-        bench bench-ops bench-evaluation bench-input bench-model bench-peer bench-learning bench-slide clean
+.PHONY: install test test-slow test-all lint demo data train train-heads train-all evaluate predict \
+        bench bench-ops bench-evaluation bench-input bench-model bench-peer bench-learning bench-slide bench-census clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ PYTEST := $(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORK
 
 test: install
 	$(PYTEST)
+
+# The long tests (`slow`): learning, kill -9 and resume, two devices, the installed wheel, a real model
+# through the slide path. CI runs them after `make test`.
+test-slow: install
+	$(PYTEST) -m slow
 
 test-all: install
 	$(PYTEST) -m ''
@@ -87,6 +92,11 @@ bench-input: install
 bench-model: install
 	$(PY) experiments/bench_model.py
 
+# The train step's XLA programs read without a GPU: cost analysis and the census of sorts, top-k, gathers,
+# scatters and loops (`fast` at a GPU's batch 16, bf16).
+bench-census: install
+	$(PY) experiments/bench_census.py $(ARGS)
+
 # Not part of `make bench`: downloads torch and torchvision (the optional `peer` extra) to time them, into
 # a venv of their own: with torch in .venv, a `make test` worker that loads torch beside XLA crashed.
 bench-peer:
@@ -98,8 +108,10 @@ bench-peer:
 bench-slide: install
 	$(PY) experiments/bench_slide.py $(ARGS)
 
-# Not part of `make bench`: ~35 CPU minutes on real tiles that may not be shared, so DATA is given by hand.
-# DATA: the consep_train folder (consep_train.npz, make_pannuke_fold.py). Scratch files go to runs/learning.
+# Not part of `make bench`: about an hour on 2 CPU cores (experiments/results/learning.md), on real tiles
+# that may not be shared, so DATA is given by hand: the consep_train folder (consep_train.npz,
+# make_pannuke_fold.py). Scratch files go to runs/learning. ARGS="--images 100000 --set train.batch_size=16"
+# on a GPU.
 bench-learning: install
 	@test -n "$(DATA)" || { echo "usage: make bench-learning DATA=/path/to/consep_train"; exit 2; }
 	$(PY) experiments/bench_learning.py --data "$(DATA)" $(ARGS)
