@@ -85,20 +85,43 @@ def _source(frame: int, files, functions, locations, frames) -> str:
     return first or "?"
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?([\w.\-]+) \{$")
+_CALLEES = re.compile(r"\b(?:to_apply|calls|body|condition)=([\w.\-]+)|branch_computations=\{([^}]*)\}")
+
+
 def census(lowered) -> dict:
-    """Counts, largest size and source functions of each :data:`KINDS` operation in a lowered program."""
+    """Counts, largest size and source functions of each :data:`KINDS` operation in a lowered program.
+
+    An operation inside a called computation (``jnp.sort`` is a jitted function of its own, a loop has a
+    body) carries no stack frame of its own: it takes the frame of the first call that reaches it."""
     text = lowered.as_text(dialect="hlo", debug_info=True)
     files, functions, locations, frames = _tables(text)
-    shapes, found = (
-        {},
-        collections.defaultdict(lambda: {"count": 0, "largest": 0, "sources": collections.Counter()}),
-    )
+    shapes, ops, caller_frame = {}, [], {}
+    computation = None
     for line in text.splitlines():
+        if c := _COMPUTATION.match(line):
+            computation = c[1]
+            continue
         m = _LINE.match(line)
         if not m:
             continue
         name, shape, op, rest = m.groups()
         shapes[name] = _elements(shape)
+        frame = re.search(r"stack_frame_id=(\d+)", rest)
+        ops.append((computation, name, op, rest, int(frame[1]) if frame else None))
+        for callee in _CALLEES.finditer(rest):
+            for target in filter(None, re.split(r"[,\s]+", callee[1] or callee[2])):
+                caller_frame.setdefault(target, (computation, int(frame[1]) if frame else None))
+
+    def frame_of(computation, frame):
+        seen = set()
+        while frame is None and computation in caller_frame and computation not in seen:
+            seen.add(computation)
+            computation, frame = caller_frame[computation]
+        return frame
+
+    found = collections.defaultdict(lambda: {"count": 0, "largest": 0, "sources": collections.Counter()})
+    for computation, name, op, rest, frame in ops:
         if op not in KINDS:
             continue
         operands = re.findall(r"([\w.\-]+)", rest.split(")", 1)[0])
@@ -106,8 +129,8 @@ def census(lowered) -> dict:
         if op == "custom-call":
             target = re.search(r'custom_call_target="([^"]+)"', rest)
             op = f"custom-call {target[1] if target else '?'}"
-        frame = re.search(r"stack_frame_id=(\d+)", rest)
-        source = _source(int(frame[1]), files, functions, locations, frames) if frame else "?"
+        frame = frame_of(computation, frame)
+        source = "?" if frame is None else _source(frame, files, functions, locations, frames)
         entry = found[op]
         entry["count"] += 1
         entry["largest"] = max(entry["largest"], size)
