@@ -85,6 +85,8 @@ def _source(frame: int, files, functions, locations, frames) -> str:
     return first or "?"
 
 
+# JAX lowers the threefry random bits as a loop on CPU only (unrolled on a GPU): counted apart.
+RNG_WHILE = "while (threefry)"
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?([\w.\-]+) \{$")
 _CALLEES = re.compile(r"\b(?:to_apply|calls|body|condition)=([\w.\-]+)|branch_computations=\{([^}]*)\}")
 
@@ -113,6 +115,15 @@ def census(lowered) -> dict:
             for target in filter(None, re.split(r"[,\s]+", callee[1] or callee[2])):
                 caller_frame.setdefault(target, (computation, int(frame[1]) if frame else None))
 
+    def in_threefry(computation):
+        seen = set()
+        while computation is not None and computation not in seen:
+            if computation.startswith("threefry"):
+                return True
+            seen.add(computation)
+            computation = caller_frame.get(computation, (None, None))[0]
+        return False
+
     def frame_of(computation, frame):
         seen = set()
         while frame is None and computation in caller_frame and computation not in seen:
@@ -126,6 +137,8 @@ def census(lowered) -> dict:
             continue
         operands = re.findall(r"([\w.\-]+)", rest.split(")", 1)[0])
         size = max([shapes[name], *(shapes.get(o, 0) for o in operands)])
+        if op == "while" and in_threefry(computation):
+            op = RNG_WHILE
         if op == "custom-call":
             target = re.search(r'custom_call_target="([^"]+)"', rest)
             op = f"custom-call {target[1] if target else '?'}"
@@ -177,6 +190,14 @@ def table(rows: list[dict]) -> str:
             + f" | {customs} |"
         )
     return "\n".join(lines)
+
+
+def rng_note(rows: list[dict]) -> str:
+    loops = rows[0]["census"].get(RNG_WHILE, {"count": 0})["count"]
+    return (
+        f"Not in the while column: the {loops} loops of the random bits (threefry) in the {rows[0]['name']}, "
+        "which JAX lowers as loops on a CPU only (a GPU's program has them unrolled)."
+    )
 
 
 def where_table(rows: list[dict]) -> str:
@@ -236,6 +257,8 @@ alone (`experiments/stages.py`); the whole step is one program, so its counts ar
 (XLA fuses and shares across stage borders, and the backward pass adds its own gathers and scatters).
 
 {table(rows)}
+
+{rng_note(rows)}
 
 Where they come from (the innermost function in `maskrcnn/` of each operation's source stack):
 

@@ -16,11 +16,12 @@ def sorting_and_scattering(x, idx):
     picked = x[idx]  # 1 gather of 7 from 1,000
     added = jnp.zeros(1000).at[idx].add(1.0)  # 1 scatter into 1,000
     summed = jax.lax.fori_loop(0, 3, lambda i, s: s + picked[i], 0.0)  # 1 while loop
-    return order[0] + best[0] + summed + added.sum()
+    noise = jax.random.uniform(jax.random.PRNGKey(0), (4,))  # threefry: a loop on CPU, counted apart
+    return order[0] + best[0] + summed + added.sum() + noise[0]
 
 
 def test_census_counts_each_kind_with_its_size_and_the_function_it_comes_from():
-    from bench_census import census, describe, table
+    from bench_census import RNG_WHILE, census, describe, table
 
     args = (jnp.arange(1000.0), jnp.arange(7))
     lowered = jax.jit(sorting_and_scattering).lower(*args)
@@ -29,6 +30,8 @@ def test_census_counts_each_kind_with_its_size_and_the_function_it_comes_from():
     assert found["topk"]["count"] == 1 and found["topk"]["largest"] == 1000
     assert found["scatter"]["count"] == 1 and found["scatter"]["largest"] == 1000
     assert found["while"]["count"] == 1
+    if jax.default_backend() == "cpu":
+        assert found[RNG_WHILE]["count"] >= 1
     assert found["gather"]["largest"] == 1000  # its biggest operand: the array gathered from
     for kind in ("sort", "topk", "scatter"):
         assert set(found[kind]["sources"]) == {"test_census.sorting_and_scattering"}, found[kind]["sources"]
