@@ -39,3 +39,13 @@ def test_fold_two_is_read_at_the_chosen_threshold_and_fold_three_against_base():
     # 4 of 20 nuclei lost at low_score; the step ratio per round 1.5 and 1.0: median 1.25.
     assert p2[col["low_score"]] == "20.0%"
     assert p2[col["step vs base"]].startswith("1.25x")
+
+
+def test_the_scoring_page_reports_fold_two_at_the_threshold_it_chose():
+    from ablation_learning import scoring_page
+
+    weight = {"fold2": {"0.2": 0.30, "0.3": 0.34}, "threshold": 0.3, "bpq": 0.31}
+    result = {"run": "learning", "weights": {"0.5": {**weight, "recall": 0.5, "precision": 0.8, "sq": 0.75}}}
+    page = scoring_page("python experiments/ablation_learning.py --scoring learning", [result])
+    assert "Command: `python experiments/ablation_learning.py --scoring learning`" in page
+    assert "| learning | 0.5 | 0.3 | 0.3400 | 0.3100 | 0.500 | 0.800 | 0.750 |" in page
