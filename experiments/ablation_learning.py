@@ -21,6 +21,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import sys
 
 import harness
@@ -257,14 +258,14 @@ def main(argv=None) -> int:
     work = os.path.abspath(args.work)
     rows = args.rows or ROW_NAMES
     timing_path = os.path.join(work, "step_times.json")
-    command = "python experiments/ablation_learning.py --data " + os.path.abspath(args.data)
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = "python experiments/ablation_learning.py " + shlex.join(given)  # as run, every option
     if args.time:
         timing = time_rows(args.data, work, rows, args.set)
         with open(timing_path, "w") as f:
             json.dump(timing, f, indent=1)
     elif args.scoring:
         results = [scoring(work, run) for run in args.scoring]
-        command += f" --work {args.work} --scoring " + " ".join(args.scoring)
         harness.write(args.scoring_out, scoring_page(command, results))
         return 0
     else:
