@@ -151,6 +151,9 @@ class ModelConfig:
     # 0: a detection's score is its class probability; w in (0, 1]: the weighted geometric mean
     # p ** (1 - w) * o ** w with the RPN's object probability o of its proposal (maskrcnn.postprocess.detect)
     detection_objectness_weight: float = 0.0
+    # Test-time flips: the image, mirrored left-right, top-bottom and both, detected in one batch; boxes
+    # voted across the views and masks averaged (maskrcnn.postprocess.merge_views). 4x the inference work.
+    test_time_flips: bool = False
     mask_threshold: float = 0.5
 
 

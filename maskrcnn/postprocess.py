@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from maskrcnn.ops import BOX_STD, clip_boxes, decode_boxes, nms
+from maskrcnn.ops import BOX_STD, clip_boxes, decode_boxes, nms, pairwise_iou
 
 # Boxes narrower or shorter than these (in model pixels) are dropped: torchvision's ``remove_small_boxes``
 # with its RPN (1e-3) and ROI-head (1e-2) sizes. Clipping to the image can leave such boxes, which have no
@@ -182,6 +182,55 @@ def detect(
         "scores": jnp.where(valid, probs[safe], 0.0),
         "classes": jnp.where(valid, classes[safe], 0),
         "valid": valid,
+    }
+
+
+def merge_views(
+    boxes, scores, classes, valid, *, min_confidence: float, nms_threshold: float, max_detections: int
+):
+    """One image's detections from V views of it (test-time flips), boxes already in the image's frame.
+
+    The views' detections are pooled and NMS runs within each class, as in :func:`detect`. A kept box's
+    score is the mean over the V views of that view's best score among the boxes of its class at IoU >
+    ``nms_threshold`` with it (the boxes this NMS suppresses, its own included), zero where a view has
+    none: a nucleus all views find keeps its score, one that a single view of four finds keeps a quarter.
+    Boxes scoring below ``min_confidence`` after the vote are dropped; the ``max_detections`` best remain,
+    best first.
+
+    Args:
+      boxes: float32 (V, D, 4); scores: float32 (V, D); classes: int32 (V, D); valid: bool (V, D).
+
+    Returns:
+      :func:`detect`'s dict, D = ``max_detections``.
+    """
+    num_views, slots = scores.shape
+    flat_boxes, flat_classes = boxes.reshape(-1, 4), classes.reshape(-1)
+    flat_scores = jnp.where(valid, scores, 0.0).reshape(-1)
+    offset = (flat_classes.astype(jnp.float32) * (jnp.max(flat_boxes) + 1.0))[:, None]
+    idx, num_kept = nms(
+        flat_boxes + offset,
+        jnp.where(valid.reshape(-1), flat_scores, -jnp.inf),
+        iou_threshold=nms_threshold,
+        max_output_size=max_detections,
+    )
+    kept = jnp.arange(max_detections) < num_kept
+    safe = jnp.maximum(idx, 0)
+    kept_boxes, kept_classes = flat_boxes[safe], flat_classes[safe]
+    voters = (
+        (pairwise_iou(kept_boxes, flat_boxes) > nms_threshold)
+        & (kept_classes[:, None] == flat_classes[None, :])
+        & valid.reshape(-1)[None, :]
+    )  # (D, V * D)
+    votes = jnp.where(voters, flat_scores[None, :], 0.0).reshape(max_detections, num_views, slots)
+    score = jnp.where(kept, votes.max(axis=2).mean(axis=1), 0.0)
+    keep = kept & (score >= min_confidence)
+    order_scores, order = jax.lax.top_k(jnp.where(keep, score, -1.0), max_detections)
+    out_valid = order_scores >= 0.0
+    return {
+        "boxes": jnp.where(out_valid[:, None], kept_boxes[order], 0.0),
+        "scores": jnp.where(out_valid, order_scores, 0.0),
+        "classes": jnp.where(out_valid, kept_classes[order], 0),
+        "valid": out_valid,
     }
 
 

@@ -161,3 +161,61 @@ def test_objectness_weight_scores_by_the_geometric_mean_of_both_stages():
     plain = postprocess.detect(*args, valid, objectness, **kw)
     assert plain["valid"].tolist() == [True, False]  # 0.64 passes 0.3, 0.25 does not
     np.testing.assert_allclose(plain["scores"][0], 0.64, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Test-time flips: the views' detections voted into one set (merge_views)
+
+
+def _views():
+    """Four views (3 slots each) of one image, boxes already in its frame: nucleus A in every view
+    (0.9, 0.8, 0.7, 0.6, a pixel apart), B in view 2 only (0.9), C in views 1 and 3 (0.8 each), and in
+    view 1 a class-2 box on A (0.95)."""
+    a, b, c = [10, 10, 20, 20], [40, 40, 50, 50], [60, 60, 70, 70]
+    shift = [[0, 0, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]]
+    pad = [0, 0, 0, 0]
+    a_views = [list(np.add(a, s)) for s in shift]
+    boxes = [[a_views[0], pad, pad], [a_views[1], c, a], [a_views[2], b, pad], [a_views[3], c, pad]]
+    scores = [[0.9, 0, 0], [0.8, 0.8, 0.95], [0.7, 0.9, 0], [0.6, 0.8, 0]]
+    classes = [[1, 0, 0], [1, 1, 2], [1, 1, 0], [1, 1, 0]]
+    valid = [[1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 1, 0]]
+    return (
+        jnp.asarray(boxes, jnp.float32),
+        jnp.asarray(scores, jnp.float32),
+        jnp.asarray(classes, jnp.int32),
+        jnp.asarray(valid, bool),
+    )
+
+
+def test_flip_votes_average_each_box_over_the_views_and_keep_classes_apart():
+    merged = postprocess.merge_views(*_views(), min_confidence=0.2, nms_threshold=0.3, max_detections=5)
+    valid = np.asarray(merged["valid"])
+    scores, boxes = np.asarray(merged["scores"])[valid], np.asarray(merged["boxes"])[valid]
+    classes = np.asarray(merged["classes"])[valid]
+    # A: (0.9 + 0.8 + 0.7 + 0.6) / 4 with view 0's box; C: (0.8 + 0.8) / 4; class 2: 0.95 / 4; B: 0.9 / 4.
+    np.testing.assert_allclose(scores, [0.75, 0.4, 0.2375, 0.225], rtol=1e-6)
+    np.testing.assert_array_equal(
+        boxes, [[10, 10, 20, 20], [60, 60, 70, 70], [10, 10, 20, 20], [40, 40, 50, 50]]
+    )
+    np.testing.assert_array_equal(classes, [1, 1, 2, 1])
+    assert valid.sum() == 4 and not np.asarray(merged["boxes"])[~valid].any()
+
+    strict = postprocess.merge_views(*_views(), min_confidence=0.5, nms_threshold=0.3, max_detections=5)
+    assert np.asarray(strict["valid"]).sum() == 1 and float(strict["scores"][0]) == np.float32(0.75)
+
+
+def test_one_view_merges_into_its_own_detections():
+    rng = np.random.default_rng(0)
+    yx = rng.uniform(0, 48, (12, 2))
+    rois = np.concatenate([yx, yx + rng.uniform(4, 16, (12, 2))], axis=1)
+    probs = rng.dirichlet(np.ones(3), 12)
+    found = _detect(probs, rois, min_confidence=0.2, max_detections=8)
+    merged = postprocess.merge_views(
+        *(found[k][None] for k in ("boxes", "scores", "classes", "valid")),
+        min_confidence=0.2,
+        nms_threshold=0.5,
+        max_detections=8,
+    )
+    assert np.asarray(found["valid"]).sum() >= 3  # the case holds detections
+    for key in ("boxes", "scores", "classes", "valid"):
+        np.testing.assert_allclose(np.asarray(merged[key]), np.asarray(found[key]), rtol=1e-6)

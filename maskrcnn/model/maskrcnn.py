@@ -30,9 +30,36 @@ INFERENCE_FIELDS = (
     "detection_min_confidence",
     "detection_nms_threshold",
     "detection_objectness_weight",
+    "test_time_flips",
     "mask_threshold",
 )
 MASK_CHUNK = 64  # detection slots per mask-head call at inference
+# model.test_time_flips: the views, (top-bottom, left-right) mirrored, and the score down to which each
+# view keeps its detections to vote with (detectron2's test-time score floor).
+FLIPS = ((False, False), (False, True), (True, False), (True, True))
+VIEW_SCORE_FLOOR = 0.05
+
+
+def _flip_images(images, flip):
+    """(B, H, W, C) images mirrored top-bottom and/or left-right (``flip``: one of :data:`FLIPS`)."""
+    vertical, horizontal = flip
+    return images[:, :: -1 if vertical else 1, :: -1 if horizontal else 1]
+
+
+def _flip_boxes(boxes, flip, size):
+    """(..., 4) yxyx boxes of an (H, W) = ``size`` image mapped through the same mirroring: on pixel edges,
+    coordinate y goes to H - y (and the box's corners swap)."""
+    y1, x1, y2, x2 = (boxes[..., i] for i in range(4))
+    if flip[0]:
+        y1, y2 = size[0] - y2, size[0] - y1
+    if flip[1]:
+        x1, x2 = size[1] - x2, size[1] - x1
+    return jnp.stack([y1, x1, y2, x2], axis=-1)
+
+
+def _flip_masks(masks, flip):
+    """(..., m, m) box-relative masks mirrored like their boxes (a mirror is its own inverse)."""
+    return masks[..., :: -1 if flip[0] else 1, :][..., :: -1 if flip[1] else 1]
 
 
 class MaskRCNN(keras.Model):
@@ -97,6 +124,8 @@ class MaskRCNN(keras.Model):
             rpn_logits, rpn_deltas, size, training=training
         )
         if targets is None:
+            if self.config.test_time_flips:
+                return self.detect_flipped(images)
             return self.detect(pyramid[:4], proposals, proposal_scores, proposal_valid, size)
         return self.training_losses(
             pyramid[:4], rpn_logits, rpn_deltas, proposals, proposal_valid, targets, key, size
@@ -150,15 +179,75 @@ class MaskRCNN(keras.Model):
         )
         return {**detections, "masks": self.detection_masks(pyramid, detections)}
 
-    def detections(self, class_logits, box_deltas, proposals, proposal_valid, size, proposal_scores=None):
+    def detect_flipped(self, images):
+        """Detections of a batch voted over each image's four flips (``model.test_time_flips``).
+
+        The views run as one batch of 4B; each view's detections (down to ``VIEW_SCORE_FLOOR``) are mapped
+        back to the image's frame and pooled by :func:`maskrcnn.postprocess.merge_views`; each kept box's
+        mask is the mean of the masks the four views predict for it (the box mirrored into the view, the
+        mask mirrored back).
+        """
+        cfg = self.config
+        size = self._image_size(images)
+        views = len(FLIPS)
+        pyramid = self.features(jnp.concatenate([_flip_images(images, f) for f in FLIPS]))
+        rpn_logits, rpn_deltas = self.rpn_head(pyramid)
+        proposals, proposal_scores, proposal_valid = self.proposals(rpn_logits, rpn_deltas, size)
+        class_logits, box_deltas = self.box_head(self.roi_features(pyramid[:4], proposals, cfg.pool_size))
+        found = self.detections(
+            class_logits,
+            box_deltas,
+            proposals,
+            proposal_valid,
+            size,
+            proposal_scores=proposal_scores,
+            min_confidence=min(cfg.detection_min_confidence, VIEW_SCORE_FLOOR),
+        )
+
+        def by_image(x):  # (4B, ...) in view order -> (B, 4, ...)
+            return jnp.stack(jnp.split(x, views), axis=1)
+
+        boxes = [
+            _flip_boxes(b, f, size) for b, f in zip(jnp.split(found["boxes"], views), FLIPS, strict=True)
+        ]
+        merge = functools.partial(
+            postprocess.merge_views,
+            min_confidence=cfg.detection_min_confidence,
+            nms_threshold=cfg.detection_nms_threshold,
+            max_detections=cfg.detection_max_instances,
+        )
+        merged = jax.vmap(merge)(
+            jnp.stack(boxes, axis=1),
+            by_image(found["scores"]),
+            by_image(found["classes"]),
+            by_image(found["valid"]),
+        )
+        seen = {
+            "boxes": jnp.concatenate([_flip_boxes(merged["boxes"], f, size) for f in FLIPS]),
+            **{k: jnp.concatenate([merged[k]] * views) for k in ("classes", "valid")},
+        }
+        masks = jnp.split(self.detection_masks(pyramid[:4], seen), views)
+        masks = sum(_flip_masks(m, f) for m, f in zip(masks, FLIPS, strict=True)) / views
+        return {**merged, "masks": masks}
+
+    def detections(
+        self,
+        class_logits,
+        box_deltas,
+        proposals,
+        proposal_valid,
+        size,
+        proposal_scores=None,
+        min_confidence=None,
+    ):
         """Per-class scoring, box refinement and NMS of a batch (:func:`maskrcnn.postprocess.detect`);
         ``proposal_scores`` (B, P), the RPN's object probabilities, take part in the score with
-        ``model.detection_objectness_weight``."""
+        ``model.detection_objectness_weight``; ``min_confidence`` overrides the config's."""
         cfg = self.config
         detect = functools.partial(
             postprocess.detect,
             image_size=size,
-            min_confidence=cfg.detection_min_confidence,
+            min_confidence=cfg.detection_min_confidence if min_confidence is None else min_confidence,
             nms_threshold=cfg.detection_nms_threshold,
             max_detections=cfg.detection_max_instances,
             objectness_weight=cfg.detection_objectness_weight,

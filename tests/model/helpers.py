@@ -61,3 +61,21 @@ def tiny_training_config(stages, **train):
         data=dataclasses.replace(base.data, builder="synthetic", synthetic_images_per_fold=6, scale=0.25),
         train=dataclasses.replace(base.train, stages=tuple(stages), **train),
     )
+
+
+def classifier_near_half(config):
+    """A random-weights model of ``config`` that detects something: its box classifier scores every
+    proposal near 1 / (K + 1), no two alike, and the proposals and refined boxes sit near the anchors.
+    Fully random weights saturate the classifier at background and give boxes without area, which leaves
+    nothing to detect. The kernels of the RPN's and the box head's box deltas and of the class logits are
+    scaled to a thousandth; the rest stays random."""
+    import keras
+
+    from maskrcnn.model import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model, config.data.image_size, mini_masks=True)
+    for name in ("rpn_bbox_pred/kernel", "mrcnn_class_logits/kernel", "mrcnn_bbox_fc/kernel"):
+        kernel = next(w for w in model.weights if w.path.endswith(name))
+        kernel.assign(kernel.value * 1e-3)
+    return model

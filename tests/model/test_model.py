@@ -16,7 +16,7 @@ from maskrcnn.model import (
     load_keras_applications_weights,
 )
 from maskrcnn.ops import generate_anchors
-from tests.model.helpers import batch_from_labels, make_instances
+from tests.model.helpers import batch_from_labels, classifier_near_half, make_instances
 
 STAGE_OUTPUTS = {
     "resnet50": ["conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"],
@@ -229,3 +229,32 @@ def test_get_config_and_from_config_round_trip(tiny):
     assert again.config == model.config and again.mini_masks == model.mini_masks
     again.build((None, config.data.image_size, config.data.image_size, 3))
     assert [v.shape for v in again.weights] == [v.shape for v in model.weights]
+
+
+def test_test_time_flips_give_mirrored_detections_for_a_mirrored_image():
+    """The four views are closed under mirroring, so the voted detections of a mirrored image are the
+    mirrored detections of the image. Mapping a view's boxes or masks back wrongly (or not at all) breaks
+    this: the mirrored image's views are the same four images, which would give the same, unmirrored set."""
+    config = load_config("tiny")
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, test_time_flips=True, detection_min_confidence=0.05)
+    )
+    model = classifier_near_half(config)
+    size = config.data.image_size
+    images = jnp.asarray(np.random.default_rng(5).integers(0, 255, (1, size, size, 3)), jnp.uint8)
+    variables = [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
+    run = jax.jit(lambda x: model.stateless_call(*variables, x)[0])  # one compile for the three calls
+    plain = {k: np.asarray(v)[0] for k, v in run(images).items()}
+    n = int(plain["valid"].sum())
+    assert n >= 5  # the case holds detections
+    for axis in (1, 2):  # top-bottom, left-right
+        mirrored = {k: np.asarray(v)[0] for k, v in run(jnp.flip(images, axis)).items()}
+        assert int(mirrored["valid"].sum()) == n
+        expected = plain["boxes"][:n].copy()
+        lo, hi = axis - 1, axis + 1  # y1, y2 or x1, x2
+        expected[:, [lo, hi]] = size - plain["boxes"][:n, [hi, lo]]
+        pair = [int(np.argmin(np.abs(mirrored["boxes"][:n] - b).max(axis=1))) for b in expected]
+        assert sorted(pair) == list(range(n))
+        np.testing.assert_allclose(mirrored["boxes"][pair], expected, atol=1e-3)
+        np.testing.assert_allclose(mirrored["scores"][pair], plain["scores"][:n], atol=1e-5)
+        np.testing.assert_allclose(mirrored["masks"][pair], np.flip(plain["masks"][:n], axis), atol=1e-4)
