@@ -139,6 +139,7 @@ def cmd_predict(args):
         resume=args.resume,
         workers=args.workers,
         scheduler=args.scheduler,
+        overrides=tuple(args.set or ()),
     )
     print(f"outputs in {args.out}/")
     if failed:
@@ -295,6 +296,12 @@ def main(argv=None):
     )
     p.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring 256 px tiles")
     p.add_argument("--format", choices=("tif", "png", "npy"), default="tif", help="label map file format")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override an inference field of the run's config, e.g. model.test_time_flips=True",
+    )
     g = p.add_argument_group("whole-slide images")
     g.add_argument(
         "--mpp",

@@ -204,9 +204,10 @@ def predict_files(
     resume: bool = False,
     workers: int = 0,
     scheduler: str | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> list[str]:
     """Runs the model trained in ``workdir`` on every image and slide; returns the files that failed
-    (each reported).
+    (each reported). ``overrides``: ``KEY=VALUE`` inference settings (``--set``) applied to the run's config.
 
     Images go through :func:`segment_large`; whole-slide images (:func:`maskrcnn.slides.is_slide`)
     through :func:`maskrcnn.slides.run_cohort` with ``slides`` (a :class:`maskrcnn.slides.SlideOptions`),
@@ -226,8 +227,11 @@ def predict_files(
     slide_jobs = [(p, n) for p, n in jobs if is_slide(p)]
     image_jobs = [(p, n) for p, n in jobs if not is_slide(p)]
     failed = []
+    load = functools.partial(load_tile_model, os.path.abspath(workdir), tuple(overrides))
+    if image_jobs or not workers:
+        load()  # in this process (cached for its images and slides): a bad --set fails before any file
     if image_jobs:
-        model = load_tile_model(os.path.abspath(workdir))  # loaded once for the images and the slides
+        model = load()
         for path, name in tqdm(image_jobs, desc="predict", disable=not progress, dynamic_ncols=True):
             try:
                 image = read_image(path)
@@ -258,7 +262,7 @@ def predict_files(
         results = run_cohort(
             slide_jobs,
             out_dir,
-            functools.partial(load_tile_model, os.path.abspath(workdir)),
+            load,
             slide_options,
             resume=resume,
             workers=workers,

@@ -140,3 +140,37 @@ def test_a_checkpoint_from_another_config_is_explained(tmp_path):
     assert loaded_config == config
     for a, b in zip(model.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_predict_takes_inference_settings_and_refuses_the_others(tmp_path, capsys):
+    import csv
+
+    from maskrcnn.cli import main
+    from maskrcnn.config import load_config
+    from tests.model.helpers import classifier_near_half
+
+    config = load_config("tiny")
+    model = classifier_near_half(config)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    model.save_weights(str(workdir / "model.weights.h5"))
+    (workdir / "config.json").write_text(config.to_json())
+    rgb = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+
+    def nuclei(out, *settings):
+        sets = [arg for s in settings for arg in ("--set", s)]
+        assert (
+            main(["predict", str(tmp_path / "a.png"), "--workdir", str(workdir), "--out", str(out), *sets])
+            == 0
+        )
+        with open(out / "a_instances.csv") as f:
+            return len(list(csv.DictReader(f)))
+
+    # Every proposal scores near 1/2: none reaches 1, and many 0.05 (voted over the four flips).
+    assert nuclei(tmp_path / "none", "model.detection_min_confidence=1.0") == 0
+    assert nuclei(tmp_path / "flips", "model.detection_min_confidence=0.05", "model.test_time_flips=True") > 0
+    capsys.readouterr()
+    refused = ["--out", str(tmp_path / "refused"), "--set", "model.pool_size=5"]
+    assert main(["predict", str(tmp_path / "a.png"), "--workdir", str(workdir), *refused]) == 2
+    assert "model.pool_size cannot change after training" in capsys.readouterr().err
