@@ -12,7 +12,9 @@ process and times them in turn over rounds (harness.rounds), so their ratios to 
 machine's state. Writes ``experiments/results/learning_ablation.md`` (``--out``) with every row found for
 every budget. ``--scoring RUN ...`` scores trained runs of the work folder with the RPN's objectness
 (``model.detection_objectness_weight``, chosen with the threshold on fold 2) and writes
-``experiments/results/learning_scoring.md`` (``--scoring-out``) alone.
+``experiments/results/learning_scoring.md`` (``--scoring-out``) alone; ``--inference RUN ...`` scores them
+with each of ``INFERENCE_VARIANTS`` (more proposals, test-time flips; chosen the same way) and writes
+``experiments/results/learning_inference.md`` (``--inference-out``) alone.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ import os
 import shlex
 import sys
 
-import harness
-import learning
-import numpy as np
+# Before keras is imported (time_rows imports it ahead of maskrcnn, which would set it too late).
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import harness  # noqa: E402
+import learning  # noqa: E402
+import numpy as np  # noqa: E402
 
 # name, what it changes, its overrides of the `learning` config. Each row changes one thing from `base`.
 ROWS = [
@@ -77,6 +82,22 @@ TIME_ROUNDS = 5
 # chosen on fold 2 and reported on fold 3; inference only, on runs already trained.
 OBJECTNESS_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 SCORING_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
+# --inference: what a trained model can change at inference alone (maskrcnn.model.INFERENCE_FIELDS), each
+# variant one change from the run's own settings, judged like a row (threshold and choice on fold 2).
+INFERENCE_VARIANTS = [
+    ("as trained", "the run's own inference settings", {}),
+    (
+        "proposals1536",
+        "1,536 proposals a tile after the RPN's NMS (`learning`: 768)",
+        {"post_nms_rois_inference": 1536},
+    ),
+    (
+        "flips",
+        "test-time flips: four mirrored views, boxes voted, masks averaged (`model.test_time_flips`)",
+        {"test_time_flips": True},
+    ),
+]
+INFERENCE_THRESHOLDS = (0.3, 0.4, 0.5)
 
 
 def run_name(row: str, images: int) -> str:
@@ -121,53 +142,74 @@ def time_rows(data: str, work: str, rows: list[str], extra: list[str]) -> dict:
     return {"rounds": TIME_ROUNDS, **harness.where(), "seconds": times}
 
 
-def scoring(work: str, run: str) -> dict:
-    """Fold-2 bPQ of ``run`` for every objectness weight and threshold; fold-3 figures at each weight's best
-    threshold on fold 2. Cached in ``<work>/scoring-<run>.json``."""
+def sweep(work: str, run: str, variants: dict[str, dict], thresholds, folder: str) -> dict:
+    """Inference-only variants of a trained run: for each (name -> model fields to set), the fold-2 bPQ at
+    every threshold, then fold 3 at the best of them (bPQ, recall, precision, SQ, and the seconds its
+    evaluation took). Scratch outputs go to ``<work>/<run>/<folder>/<name>-<threshold|fold3>``."""
     import dataclasses
+    import time
 
     from maskrcnn.inference import evaluate
     from maskrcnn.train.workdir import load_trained
 
-    path = os.path.join(work, f"scoring-{run}.json")
-    if os.path.exists(path):
-        return json.load(open(path))
     config, model = load_trained(os.path.join(work, run))
     folds = {k: os.path.join(work, "folds", f"Fold {k}") for k in (2, 3)}
-    out = {"run": run, "weights": {}}
-    for weight in OBJECTNESS_WEIGHTS:
-        fold2 = {}
-        for t in SCORING_THRESHOLDS:
-            m = dataclasses.replace(
-                config.model, detection_objectness_weight=weight, detection_min_confidence=t
-            )
-            model.set_inference_config(m)
-            scratch = os.path.join(work, run, "scoring", f"{weight:g}-{t:g}")
-            fold2[t] = evaluate(
-                dataclasses.replace(config, model=m), model, folds[2], scratch, max_overlays=0, progress=False
-            )["bpq"]
-        best = max(fold2, key=fold2.get)
-        m = dataclasses.replace(
-            config.model, detection_objectness_weight=weight, detection_min_confidence=best
-        )
+
+    def score(name, fields, threshold, fold, tag):
+        m = dataclasses.replace(config.model, **fields, detection_min_confidence=threshold)
         model.set_inference_config(m)
-        scratch = os.path.join(work, run, "scoring", f"{weight:g}-fold3")
+        scratch = os.path.join(work, run, folder, f"{name}-{tag}")
+        start = time.perf_counter()
         metrics = evaluate(
-            dataclasses.replace(config, model=m), model, folds[3], scratch, max_overlays=0, progress=False
+            dataclasses.replace(config, model=m), model, folds[fold], scratch, max_overlays=0, progress=False
         )
+        return metrics, scratch, time.perf_counter() - start
+
+    out = {}
+    for name, fields in variants.items():
+        fold2 = {t: score(name, fields, t, 2, f"{t:g}")[0]["bpq"] for t in thresholds}
+        best = max(fold2, key=fold2.get)
+        metrics, scratch, seconds = score(name, fields, best, 3, "fold3")
         with np.load(os.path.join(scratch, "predictions.npz")) as saved:
             rates = learning.detection_rates(saved["true_instances"], saved["pred_instances"])
-        out["weights"][f"{weight:g}"] = {
+        out[name] = {
             "fold2": {f"{t:g}": v for t, v in fold2.items()},
             "threshold": best,
             "bpq": metrics["bpq"],
+            "eval_seconds": seconds,
             **rates,
         }
-        print(run, weight, best, out["weights"][f"{weight:g}"], flush=True)
-    out.update(harness.where())
+        print(run, name, best, out[name], flush=True)
+    return out
+
+
+def cached(path: str, make) -> dict:
+    """``make()``'s dict with :func:`harness.where`, kept in ``path`` and read back from it."""
+    if os.path.exists(path):
+        return json.load(open(path))
+    out = {**make(), **harness.where()}
     with open(path, "w") as f:
         json.dump(out, f, indent=1, default=float)
     return out
+
+
+def scoring(work: str, run: str) -> dict:
+    """Fold-2 bPQ of ``run`` for every objectness weight and threshold; fold-3 figures at each weight's best
+    threshold on fold 2. Cached in ``<work>/scoring-<run>.json``."""
+    weights = {f"{w:g}": {"detection_objectness_weight": w} for w in OBJECTNESS_WEIGHTS}
+    return cached(
+        os.path.join(work, f"scoring-{run}.json"),
+        lambda: {"run": run, "weights": sweep(work, run, weights, SCORING_THRESHOLDS, "scoring")},
+    )
+
+
+def inference(work: str, run: str) -> dict:
+    """:data:`INFERENCE_VARIANTS` of ``run``, chosen on fold 2. Cached in ``<work>/inference-<run>.json``."""
+    variants = {name: fields for name, _, fields in INFERENCE_VARIANTS}
+    return cached(
+        os.path.join(work, f"inference-{run}.json"),
+        lambda: {"run": run, "variants": sweep(work, run, variants, INFERENCE_THRESHOLDS, "inference")},
+    )
 
 
 def scoring_table(results: list[dict]) -> str:
@@ -201,6 +243,37 @@ of `experiments/learning.py` in the work folder (`learning`: `make bench-learnin
 """
 
 
+def inference_page(command: str, results: list[dict]) -> str:
+    what = {name: change for name, change, _ in INFERENCE_VARIANTS}
+    lines = [
+        "| run | variant | change | threshold (best on fold 2) | fold-2 bPQ | fold-3 bPQ | recall "
+        "| precision | SQ | fold-3 evaluation (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for name, v in r["variants"].items():
+            on_fold2 = v["fold2"][f"{v['threshold']:g}"]
+            lines.append(
+                f"| {r['run']} | {name} | {what.get(name, '')} | {v['threshold']:g} | {on_fold2:.4f} "
+                f"| {v['bpq']:.4f} | {v['recall']:.3f} | {v['precision']:.3f} | {v['sq']:.3f} "
+                f"| {v['eval_seconds']:.0f} |"
+            )
+    table = "\n".join(lines)
+    return f"""# Inference-only variants of trained runs
+
+{harness.header(command)}
+
+Each variant changes one inference setting of a run trained by `experiments/learning.py` (the work folder's
+`<row>-<images>` runs: `experiments/results/learning_ablation_fold2.md`); nothing is trained again. For each,
+the threshold of {", ".join(map(str, INFERENCE_THRESHOLDS))} with the best bPQ on fold 2 (a training fold) is
+used on fold 3, and a variant is kept or dropped by its fold-2 bPQ. Recall, precision and SQ are fold 3's,
+at that threshold; the evaluation time is the whole fold-3 evaluation (inference, label maps and metrics
+of its tiles) on the device of the header, each timed alone.
+
+{table}
+"""
+
+
 def fold2(record: dict) -> float:
     """The fold-2 bPQ at the threshold chosen there: what a row is judged by (fold 3 chooses nothing)."""
     return record["bpq_by_threshold"][f"{record['threshold']:g}"]
@@ -223,23 +296,29 @@ def table(records: list[dict], timing: dict | None) -> str:
         ref = base.get(r["images"])
         return "" if ref is None else f"{r['fold3']['bpq'] - ref:+.4f}"
 
-    base_time = None
-    if timing and "base" in timing["seconds"]:
-        base_time = timing["seconds"]["base"]
+    seconds = timing["seconds"] if timing else {}
+
+    def ratio(row):
+        if "base" not in seconds or row not in seconds:
+            return ""
+        per_round = [a / b for a, b in zip(seconds[row], seconds["base"], strict=True)]
+        return f"{harness.median(per_round):.2f}x ({harness.spread(per_round)})"
+
+    trained = set()
     for r in records:
         row = r["name"].rsplit("-", 1)[0]
+        trained.add(row)
         m, w = r["fold3"], r["waterfall"]
         shares = " | ".join(f"{w[b] / w['nuclei']:.1%}" for b in lost)
-        ratio = ""
-        if base_time and timing and row in timing["seconds"]:
-            per_round = [a / b for a, b in zip(timing["seconds"][row], base_time, strict=True)]
-            ratio = f"{harness.median(per_round):.2f}x ({harness.spread(per_round)})"
         lines.append(
             f"| {row} | {what.get(row, '')} | {r['images']:,} | {fold2(r):.4f} | {m['bpq']:.4f} | {delta(r)} "
             f"| {m['recall']:.3f} | {m['precision']:.3f} | {m['dq']:.3f} | {m['sq']:.3f} | {shares} "
             f"| {r['threshold']:g} "
-            f"| {r['step_seconds']:.2f} | {ratio} |"
+            f"| {r['step_seconds']:.2f} | {ratio(row)} |"
         )
+    # Rows timed (--time) but not trained: their cost, every accuracy cell empty.
+    for row in (n for n in ROW_NAMES if n in seconds and n not in trained):
+        lines.append(f"| {row} | {what[row]} | not trained |" + " |" * (9 + len(lost)) + f" {ratio(row)} |")
     return "\n".join(lines)
 
 
@@ -254,6 +333,8 @@ def main(argv=None) -> int:
     p.add_argument("--scoring", nargs="*", metavar="RUN", help="score trained runs with the RPN's objectness")
     p.add_argument("--out", default=os.path.join(harness.RESULTS, "learning_ablation.md"))
     p.add_argument("--scoring-out", default=os.path.join(harness.RESULTS, "learning_scoring.md"))
+    p.add_argument("--inference", nargs="*", metavar="RUN", help="score trained runs' inference variants")
+    p.add_argument("--inference-out", default=os.path.join(harness.RESULTS, "learning_inference.md"))
     args = p.parse_args(argv)
     work = os.path.abspath(args.work)
     rows = args.rows or ROW_NAMES
@@ -267,6 +348,10 @@ def main(argv=None) -> int:
     elif args.scoring:
         results = [scoring(work, run) for run in args.scoring]
         harness.write(args.scoring_out, scoring_page(command, results))
+        return 0
+    elif args.inference:
+        results = [inference(work, run) for run in args.inference]
+        harness.write(args.inference_out, inference_page(command, results))
         return 0
     else:
         for row in rows:

@@ -49,3 +49,34 @@ def test_the_scoring_page_reports_fold_two_at_the_threshold_it_chose():
     page = scoring_page("python experiments/ablation_learning.py --scoring learning", [result])
     assert "Command: `python experiments/ablation_learning.py --scoring learning`" in page
     assert "| learning | 0.5 | 0.3 | 0.3400 | 0.3100 | 0.500 | 0.800 | 0.750 |" in page
+
+
+def test_a_row_timed_but_not_trained_shows_its_cost_in_the_last_column_alone():
+    from ablation_learning import table
+
+    records = [_record("base-5632", 0.4, {"0.4": 0.35}, 0.30)]
+    timing = {"seconds": {"base": [1.0, 2.0], "scale2": [4.0, 6.0], "rois256": [1.0, 2.0]}}
+    lines = table(records, timing).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [r[0] for r in rows] == ["base", "scale2", "rois256"]  # in the order of ROWS after the trained
+    scale2 = rows[1]
+    assert len(scale2) == len(header)
+    assert scale2[header.index("images")] == "not trained"
+    assert scale2[-1].startswith("3.50x")  # rounds 4/1 and 6/2
+    assert all(c == "" for c in scale2[3:-1])
+
+
+def test_the_inference_page_reports_each_variant_at_its_fold_two_threshold():
+    from ablation_learning import inference_page
+
+    variant = {"fold2": {"0.3": 0.36, "0.4": 0.38}, "threshold": 0.4, "bpq": 0.39, "eval_seconds": 61.4}
+    result = {
+        "run": "base-5632",
+        "variants": {"flips": {**variant, "recall": 0.5, "precision": 0.8, "sq": 0.75}},
+    }
+    page = inference_page("python experiments/ablation_learning.py --inference base-5632", [result])
+    row = [line for line in page.splitlines() if line.startswith("| base-5632 | flips |")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:] == ["0.4", "0.3800", "0.3900", "0.500", "0.800", "0.750", "61"]
+    assert "model.test_time_flips" in cells[2]
