@@ -97,7 +97,7 @@ INFERENCE_VARIANTS = [
         {"test_time_flips": True},
     ),
 ]
-INFERENCE_THRESHOLDS = (0.3, 0.4, 0.5)
+INFERENCE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 
 
 def run_name(row: str, images: int) -> str:
@@ -145,7 +145,8 @@ def time_rows(data: str, work: str, rows: list[str], extra: list[str]) -> dict:
 def sweep(work: str, run: str, variants: dict[str, dict], thresholds, folder: str) -> dict:
     """Inference-only variants of a trained run: for each (name -> model fields to set), the fold-2 bPQ at
     every threshold, then fold 3 at the best of them (bPQ, recall, precision, SQ, and the seconds its
-    evaluation took). Scratch outputs go to ``<work>/<run>/<folder>/<name>-<threshold|fold3>``."""
+    evaluation took). Scratch outputs go to ``<work>/<run>/<folder>/<name>-<threshold|fold3>``; a fold-2
+    evaluation already there is read back."""
     import dataclasses
     import time
 
@@ -159,6 +160,9 @@ def sweep(work: str, run: str, variants: dict[str, dict], thresholds, folder: st
         m = dataclasses.replace(config.model, **fields, detection_min_confidence=threshold)
         model.set_inference_config(m)
         scratch = os.path.join(work, run, folder, f"{name}-{tag}")
+        done = os.path.join(scratch, "metrics.json")
+        if fold == 2 and os.path.exists(done):  # a fold-2 evaluation of an earlier sweep (fold 3 is timed)
+            return json.load(open(done)), scratch, None
         start = time.perf_counter()
         metrics = evaluate(
             dataclasses.replace(config, model=m), model, folds[fold], scratch, max_overlays=0, progress=False

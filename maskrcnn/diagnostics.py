@@ -279,6 +279,11 @@ def diagnose(config: Config, model, split: str, *, progress: bool = True) -> dic
 
     from maskrcnn.inference import make_predict_fn
 
+    if config.model.test_time_flips:
+        raise ValueError(
+            "model.test_time_flips=True: diagnose follows the stages of one view, which would not be the "
+            "flips' label maps; run it without test-time flips"
+        )
     tile, scale = input_pipeline.PANNUKE_SIZE, config.data.scale
     predict = make_predict_fn(model, (tile, tile), scale, config.model.mask_threshold)
     stages = _stage_program(model)

@@ -76,6 +76,15 @@ def _box(labels, ident):
     return [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1]
 
 
+def test_diagnose_refuses_test_time_flips():
+    from maskrcnn.diagnostics import diagnose
+
+    config = load_config("tiny")
+    flips = dataclasses.replace(config, model=dataclasses.replace(config.model, test_time_flips=True))
+    with pytest.raises(ValueError, match="test_time_flips=True: diagnose follows the stages of one view"):
+        diagnose(flips, model=None, split="fold3")
+
+
 def test_waterfall_puts_each_hand_made_nucleus_and_prediction_in_its_bucket():
     from maskrcnn.diagnostics import NUCLEUS_BUCKETS, PREDICTED_BUCKETS, waterfall_image
 
