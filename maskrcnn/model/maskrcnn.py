@@ -117,6 +117,8 @@ class MaskRCNN(keras.Model):
 
     # ----------------------------------------------------------------------------------------------
     def call(self, images, targets=None, key=None, training=False):
+        if targets is None and self.config.test_time_flips:
+            return self.detect_flipped(images)
         size = self._image_size(images)
         pyramid = self.features(images, training=training)
         rpn_logits, rpn_deltas = self.rpn_head(pyramid)
@@ -124,8 +126,6 @@ class MaskRCNN(keras.Model):
             rpn_logits, rpn_deltas, size, training=training
         )
         if targets is None:
-            if self.config.test_time_flips:
-                return self.detect_flipped(images)
             return self.detect(pyramid[:4], proposals, proposal_scores, proposal_valid, size)
         return self.training_losses(
             pyramid[:4], rpn_logits, rpn_deltas, proposals, proposal_valid, targets, key, size
