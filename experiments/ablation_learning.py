@@ -216,19 +216,23 @@ def inference(work: str, run: str) -> dict:
     )
 
 
+SWEEP_COLUMNS = "threshold (best on fold 2) | fold-2 bPQ | fold-3 bPQ | recall | precision | SQ"
+
+
+def sweep_cells(v: dict) -> str:
+    """The :data:`SWEEP_COLUMNS` cells of one variant of :func:`sweep`."""
+    on_fold2 = v["fold2"][f"{v['threshold']:g}"]
+    return (
+        f"{v['threshold']:g} | {on_fold2:.4f} | {v['bpq']:.4f} | {v['recall']:.3f} | {v['precision']:.3f} "
+        f"| {v['sq']:.3f}"
+    )
+
+
 def scoring_table(results: list[dict]) -> str:
-    lines = [
-        "| run | objectness weight | threshold (best on fold 2) | fold-2 bPQ | fold-3 bPQ | recall "
-        "| precision | SQ |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = [f"| run | objectness weight | {SWEEP_COLUMNS} |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         for weight, w in r["weights"].items():
-            on_fold2 = w["fold2"][f"{w['threshold']:g}"]
-            lines.append(
-                f"| {r['run']} | {weight} | {w['threshold']:g} | {on_fold2:.4f} "
-                f"| {w['bpq']:.4f} | {w['recall']:.3f} | {w['precision']:.3f} | {w['sq']:.3f} |"
-            )
+            lines.append(f"| {r['run']} | {weight} | {sweep_cells(w)} |")
     return "\n".join(lines)
 
 
@@ -250,17 +254,13 @@ of `experiments/learning.py` in the work folder (`learning`: `make bench-learnin
 def inference_page(command: str, results: list[dict]) -> str:
     what = {name: change for name, change, _ in INFERENCE_VARIANTS}
     lines = [
-        "| run | variant | change | threshold (best on fold 2) | fold-2 bPQ | fold-3 bPQ | recall "
-        "| precision | SQ | fold-3 evaluation (s) |",
+        f"| run | variant | change | {SWEEP_COLUMNS} | fold-3 evaluation (s) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         for name, v in r["variants"].items():
-            on_fold2 = v["fold2"][f"{v['threshold']:g}"]
             lines.append(
-                f"| {r['run']} | {name} | {what.get(name, '')} | {v['threshold']:g} | {on_fold2:.4f} "
-                f"| {v['bpq']:.4f} | {v['recall']:.3f} | {v['precision']:.3f} | {v['sq']:.3f} "
-                f"| {v['eval_seconds']:.0f} |"
+                f"| {r['run']} | {name} | {what.get(name, '')} | {sweep_cells(v)} | {v['eval_seconds']:.0f} |"
             )
     table = "\n".join(lines)
     return f"""# Inference-only variants of trained runs
