@@ -90,7 +90,7 @@ def test_predict_command_takes_slides_and_images_together(cohort, tmp_path, monk
     image, *_ = make_slide(4, (300, 300), ((20, 20, 260, 260),), count=20)
     Image.fromarray(image).save(folder / "c.png")
     # The trained model is replaced by the oracle: the workdir is never read.
-    monkeypatch.setattr(maskrcnn.slides, "load_tile_model", lambda workdir: oracle_model())
+    monkeypatch.setattr(maskrcnn.slides, "load_tile_model", lambda workdir, overrides=(): oracle_model())
     out = tmp_path / "out"
     code = main(["predict", str(folder), "--workdir", "no-run", "--out", str(out), "--batch", "2"])
     files = sorted(os.listdir(out))
