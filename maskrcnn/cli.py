@@ -83,16 +83,12 @@ def cmd_evaluate(args):
 
 def _trained_with_overrides(args):
     """The run in ``args.workdir`` with ``--set`` / ``--data-dir`` applied (inference fields only)."""
-    from maskrcnn.config import apply_overrides
     from maskrcnn.train.workdir import load_trained
 
-    config, model = load_trained(args.workdir)
     overrides = list(args.set or [])
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir!r}")
-    config = apply_overrides(config, overrides)
-    model.set_inference_config(config.model)
-    return config, model
+    return load_trained(args.workdir, overrides)
 
 
 def _split_name(split: str) -> str:

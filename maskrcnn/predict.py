@@ -228,10 +228,9 @@ def predict_files(
     image_jobs = [(p, n) for p, n in jobs if not is_slide(p)]
     failed = []
     load = functools.partial(load_tile_model, os.path.abspath(workdir), tuple(overrides))
-    if image_jobs or not workers:
-        load()  # in this process (cached for its images and slides): a bad --set fails before any file
+    # Loaded here (once: cached for the images and in-process slides), a bad --set fails before any file.
+    model = load() if image_jobs or not workers else None
     if image_jobs:
-        model = load()
         for path, name in tqdm(image_jobs, desc="predict", disable=not progress, dynamic_ncols=True):
             try:
                 image = read_image(path)

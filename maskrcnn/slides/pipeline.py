@@ -56,13 +56,10 @@ def load_tile_model(workdir: str, overrides: tuple[str, ...] = ()) -> TileModel:
     """The model trained in ``workdir`` as a :class:`TileModel`, loaded once per process (a cluster
     worker keeps its compiled model for every slide it is given); ``overrides`` are ``KEY=VALUE``
     inference settings (``maskrcnn predict --set``), refused if they would not fit the weights."""
-    from maskrcnn.config import apply_overrides
     from maskrcnn.tiling import make_tile_predictor
     from maskrcnn.train.workdir import load_trained
 
-    config, model = load_trained(workdir)
-    config = apply_overrides(config, list(overrides))
-    model.set_inference_config(config.model)
+    config, model = load_trained(workdir, overrides)
     return TileModel(make_tile_predictor(config, model), tuple(config.data.class_names), config.data.mpp)
 
 

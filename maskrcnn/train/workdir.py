@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 
-from maskrcnn.config import Config, config_from_dict
+from maskrcnn.config import Config, apply_overrides, config_from_dict
 from maskrcnn.model import MaskRCNN, build_model
 from maskrcnn.train import checkpoint
 
@@ -118,8 +118,10 @@ def save_weights(model, workdir: str) -> None:
     os.replace(partial, os.path.join(workdir, WEIGHTS_FILE))
 
 
-def load_trained(workdir: str) -> tuple[Config, MaskRCNN]:
-    """The config and model saved by :func:`train` in ``workdir``.
+def load_trained(workdir: str, overrides=()) -> tuple[Config, MaskRCNN]:
+    """The config and model saved by :func:`train` in ``workdir``, with ``overrides`` (``KEY=VALUE``, as
+    ``--set`` gives them) applied to the config and the model's inference settings; a field the weights
+    fix is refused (:meth:`MaskRCNN.set_inference_config`).
 
     Raises:
       FileNotFoundError if ``workdir`` lacks the config or the weights; ValueError if the weights do not fit
@@ -157,4 +159,7 @@ def load_trained(workdir: str) -> tuple[Config, MaskRCNN]:
             "from a run with another config, or the config was edited after training: use the workdir of "
             "the run that made these weights, with its own config.json."
         ) from error
+    if overrides:
+        config = apply_overrides(config, list(overrides))
+        model.set_inference_config(config.model)
     return config, model
