@@ -56,6 +56,11 @@ ROWS = [
     ),
     ("pos50", "half the sampled ROIs positive instead of a third", ["model.roi_positive_ratio=0.5"]),
     (
+        "box1024",
+        "box head 1024 wide (128), Matterport's and torchvision's width",
+        ["model.box_head_width=1024"],
+    ),
+    (
         "rpn512",
         "512 sampled anchors a tile for the RPN instead of 256 (up to 256 positives)",
         ["model.rpn_train_anchors_per_image=512"],
