@@ -1,16 +1,17 @@
 """The learning benchmark's ablation: each recipe choice, on its own, at an equal budget of images.
 
     python experiments/ablation_learning.py --data DIR [--images 5632] [--rows base iou1 ...]
-    python experiments/ablation_learning.py --data DIR --time          # step times of the rows, one run
+    python experiments/ablation_learning.py --data DIR --time [--rows ...]   # step vs base, one run
     python experiments/ablation_learning.py --data DIR --images 100000 --set train.batch_size=16   # GPU
 
 Every row is one run of :mod:`learning` (the ``learning`` config with the row's overrides, trained from
 scratch on folds 1 + 2 for ``--images`` images, the threshold chosen on fold 2, fold 3 scored and every
 nucleus followed by ``maskrcnn diagnose``), kept in ``<work>/<row>-<images>/`` and ``<work>/<row>-<images>
-.json``; a row already run is read back, not trained again. ``--time`` builds every row's train step in one
-process and times them in turn over rounds (harness.rounds), so their ratios to ``base`` share the
-machine's state. Writes ``experiments/results/learning_ablation.md`` (``--out``) with every row found for
-every budget. ``--scoring RUN ...`` scores trained runs of the work folder with the RPN's objectness
+.json``; a row already run is read back, not trained again. ``--time`` builds the rows' train steps and
+``base``'s in one process and times them in turn over rounds (harness.rounds), so each ratio to ``base``
+shares the machine's state; a row timed again replaces its earlier ratio, the others stay. Writes
+``experiments/results/learning_ablation.md`` (``--out``) with every row found for every budget.
+``--scoring RUN ...`` scores trained runs of the work folder with the RPN's objectness
 (``model.detection_objectness_weight``, chosen with the threshold on fold 2) and writes
 ``experiments/results/learning_scoring.md`` (``--scoring-out``) alone; ``--inference RUN ...`` scores them
 with each of ``INFERENCE_VARIANTS`` (more proposals, test-time flips; chosen the same way) and writes
@@ -114,7 +115,10 @@ def overrides_of(row: str, extra=()) -> list[str]:
 
 
 def time_rows(data: str, work: str, rows: list[str], extra: list[str]) -> dict:
-    """Median step seconds of each row (random weights, the same real training batch), timed in turn."""
+    """Step seconds of each row and of ``base`` (random weights, the same real training batch), timed in
+    turn over :data:`TIME_ROUNDS` rounds. Returns row -> {"seconds", "base": that run's base seconds, and
+    where it ran}: a row's ratio to ``base`` always comes from one run, whichever run timed it last."""
+    rows = ["base", *(r for r in rows if r != "base")]
     import jax
     import keras
 
@@ -144,7 +148,8 @@ def time_rows(data: str, work: str, rows: list[str], extra: list[str]) -> dict:
 
         steps[row] = one
     times = harness.rounds(steps, TIME_ROUNDS)
-    return {"rounds": TIME_ROUNDS, **harness.where(), "seconds": times}
+    where = harness.where()
+    return {row: {"seconds": times[row], "base": times["base"], **where} for row in rows}
 
 
 def sweep(work: str, run: str, variants: dict[str, dict], thresholds, folder: str) -> dict:
@@ -288,7 +293,12 @@ def fold2(record: dict) -> float:
     return record["bpq_by_threshold"][f"{record['threshold']:g}"]
 
 
-def table(records: list[dict], timing: dict | None) -> str:
+def read_timing(path: str) -> dict:
+    """The step times of ``--time`` runs: row -> :func:`time_rows`' record of the run that timed it last."""
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+def table(records: list[dict], timing: dict) -> str:
     from maskrcnn.diagnostics import NUCLEUS_BUCKETS
 
     lost = [b for b in NUCLEUS_BUCKETS if b != "matched"]
@@ -305,12 +315,10 @@ def table(records: list[dict], timing: dict | None) -> str:
         ref = base.get(r["images"])
         return "" if ref is None else f"{r['fold3']['bpq'] - ref:+.4f}"
 
-    seconds = timing["seconds"] if timing else {}
-
     def ratio(row):
-        if "base" not in seconds or row not in seconds:
+        if row not in timing:
             return ""
-        per_round = [a / b for a, b in zip(seconds[row], seconds["base"], strict=True)]
+        per_round = [a / b for a, b in zip(timing[row]["seconds"], timing[row]["base"], strict=True)]
         return f"{harness.median(per_round):.2f}x ({harness.spread(per_round)})"
 
     trained = set()
@@ -326,7 +334,7 @@ def table(records: list[dict], timing: dict | None) -> str:
             f"| {r['step_seconds']:.2f} | {ratio(row)} |"
         )
     # Rows timed (--time) but not trained: their cost, every accuracy cell empty.
-    for row in (n for n in ROW_NAMES if n in seconds and n not in trained):
+    for row in (n for n in ROW_NAMES if n in timing and n not in trained):
         lines.append(f"| {row} | {what[row]} | not trained |" + " |" * (9 + len(lost)) + f" {ratio(row)} |")
     return "\n".join(lines)
 
@@ -351,7 +359,7 @@ def main(argv=None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     command = "python experiments/ablation_learning.py " + shlex.join(given)  # as run, every option
     if args.time:
-        timing = time_rows(args.data, work, rows, args.set)
+        timing = read_timing(timing_path) | time_rows(args.data, work, rows, args.set)
         with open(timing_path, "w") as f:
             json.dump(timing, f, indent=1)
     elif args.scoring:
@@ -372,13 +380,14 @@ def main(argv=None) -> int:
                 images=args.images,
                 overrides=overrides_of(row, args.set),
             )
-    timing = json.load(open(timing_path)) if os.path.exists(timing_path) else None
+    timing = read_timing(timing_path)
     records = []
     for row in ROW_NAMES:
         for path in sorted(glob.glob(os.path.join(work, f"{row}-*.json"))):
             records.append(json.load(open(path)))
     records.sort(key=lambda r: (r["images"], ROW_NAMES.index(r["name"].rsplit("-", 1)[0])))
-    timed_on = "" if timing is None else f"; {timing['device']}, commit {timing['commit']}"
+    runs = sorted({(t["date"], t["device"], t["commit"]) for t in timing.values()})
+    timed_on = "".join(f"; {date}, {device}, commit {commit}" for date, device, commit in runs)
     text = f"""# Learning ablation: each recipe choice on its own, at an equal budget of images
 
 {harness.header(command)}
@@ -389,7 +398,7 @@ threshold chosen on fold 2, fold 3 scored. Fold-2 bPQ: at that threshold, what a
 (fold 2 is a training fold; fold 3 chooses nothing). bPQ, recall, precision, DQ and SQ on fold 3; the
 waterfall columns are the shares of fold-3 nuclei that each stage loses first (`maskrcnn diagnose`; the rest
 are matched). Step (s): each run's own step time, timed alone after its training on the device of its
-record. Step vs base: the ratio to `base` when every row's step is timed in turn in one run
+record. Step vs base: the ratio to `base` when the row's step and base's are timed in turn in one run
 (`--time`, {TIME_ROUNDS} rounds; median and range over rounds{timed_on}).
 
 {table(records, timing)}

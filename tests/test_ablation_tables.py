@@ -28,7 +28,7 @@ def test_fold_two_is_read_at_the_chosen_threshold_and_fold_three_against_base():
         _record("base-5632", 0.4, {"0.3": 0.31, "0.4": 0.35, "0.5": 0.33}, 0.30),
         _record("p2-5632", 0.5, {"0.3": 0.30, "0.4": 0.36, "0.5": 0.38}, 0.32),
     ]
-    timing = {"seconds": {"base": [1.0, 2.0], "p2": [1.5, 2.0]}}
+    timing = {"p2": {"seconds": [1.5, 2.0], "base": [1.0, 2.0]}}
     lines = table(records, timing).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -55,7 +55,11 @@ def test_a_row_timed_but_not_trained_shows_its_cost_in_the_last_column_alone():
     from ablation_learning import table
 
     records = [_record("base-5632", 0.4, {"0.4": 0.35}, 0.30)]
-    timing = {"seconds": {"base": [1.0, 2.0], "scale2": [4.0, 6.0], "rois256": [1.0, 2.0]}}
+    # Each row's ratio is to the base of its own --time run: rois256 was timed in a slower one.
+    timing = {
+        "scale2": {"seconds": [4.0, 6.0], "base": [1.0, 2.0]},
+        "rois256": {"seconds": [4.0, 8.0], "base": [2.0, 4.0]},
+    }
     lines = table(records, timing).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
@@ -65,6 +69,7 @@ def test_a_row_timed_but_not_trained_shows_its_cost_in_the_last_column_alone():
     assert scale2[header.index("images")] == "not trained"
     assert scale2[-1].startswith("3.50x")  # rounds 4/1 and 6/2
     assert all(c == "" for c in scale2[3:-1])
+    assert rows[2][-1].startswith("2.00x")
 
 
 def test_the_inference_page_reports_each_variant_at_its_fold_two_threshold():
