@@ -306,8 +306,8 @@ def table(records: list[dict], timing: dict) -> str:
     lines = [
         "| row | change | images | fold-2 bPQ | bPQ | bPQ - base | recall | precision | DQ | SQ | "
         + " | ".join(lost)
-        + " | threshold | step (s) | step vs base |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(lost) + "---:|---:|---:|",
+        + " | class loss | threshold | step (s) | step vs base |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(lost) + "---:|---:|---:|---:|",
     ]
     what = {n: w for n, w, _ in ROWS}
 
@@ -330,12 +330,12 @@ def table(records: list[dict], timing: dict) -> str:
         lines.append(
             f"| {row} | {what.get(row, '')} | {r['images']:,} | {fold2(r):.4f} | {m['bpq']:.4f} | {delta(r)} "
             f"| {m['recall']:.3f} | {m['precision']:.3f} | {m['dq']:.3f} | {m['sq']:.3f} | {shares} "
-            f"| {r['threshold']:g} "
+            f"| {r['class_loss']:.3f} | {r['threshold']:g} "
             f"| {r['step_seconds']:.2f} | {ratio(row)} |"
         )
     # Rows timed (--time) but not trained: their cost, every accuracy cell empty.
     for row in (n for n in ROW_NAMES if n in timing and n not in trained):
-        lines.append(f"| {row} | {what[row]} | not trained |" + " |" * (9 + len(lost)) + f" {ratio(row)} |")
+        lines.append(f"| {row} | {what[row]} | not trained |" + " |" * (10 + len(lost)) + f" {ratio(row)} |")
     return "\n".join(lines)
 
 
@@ -384,7 +384,9 @@ def main(argv=None) -> int:
     records = []
     for row in ROW_NAMES:
         for path in sorted(glob.glob(os.path.join(work, f"{row}-*.json"))):
-            records.append(json.load(open(path)))
+            record = json.load(open(path))
+            log = os.path.join(work, record["name"], "log.csv")
+            records.append({**record, "class_loss": learning.epoch_losses(log)["class"][-1]})
     records.sort(key=lambda r: (r["images"], ROW_NAMES.index(r["name"].rsplit("-", 1)[0])))
     runs = sorted({(t["date"], t["device"], t["commit"]) for t in timing.values()})
     timed_on = "".join(f"; {date}, {device}, commit {commit}" for date, device, commit in runs)
@@ -397,9 +399,11 @@ config with one change, trained from scratch on CoNSeP folds 1 + 2 for the budge
 threshold chosen on fold 2, fold 3 scored. Fold-2 bPQ: at that threshold, what a row is kept or dropped by
 (fold 2 is a training fold; fold 3 chooses nothing). bPQ, recall, precision, DQ and SQ on fold 3; the
 waterfall columns are the shares of fold-3 nuclei that each stage loses first (`maskrcnn diagnose`; the rest
-are matched). Step (s): each run's own step time, timed alone after its training on the device of its
-record. Step vs base: the ratio to `base` when the row's step and base's are timed in turn in one run
-(`--time`, {TIME_ROUNDS} rounds; median and range over rounds{timed_on}).
+are matched). Class loss: the box head's classification loss over its sampled ROIs (cross-entropy; at most
+a third of them positive), the mean over the last epoch of training. Step (s): each run's own step time,
+timed alone after its training on the device of its record. Step vs base: the ratio to `base` when the
+row's step and base's are timed in turn in one run (`--time`, {TIME_ROUNDS} rounds; median and range over
+rounds{timed_on}).
 
 {table(records, timing)}
 """

@@ -15,7 +15,6 @@ training curves beside it; the record of the run is ``<work>/<name>.json``.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import os
@@ -37,14 +36,11 @@ def train_curves(log_csv: str, out_png: str, title: str) -> list[float]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(log_csv) as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
-    parts = ["loss", "rpn_class", "rpn_box", "class", "box", "mask"]
-    epochs = sorted({int(r["epoch"]) for r in rows})
-    means = {p: [np.mean([float(r[p]) for r in rows if int(r["epoch"]) == e]) for e in epochs] for p in parts}
+    means = learning.epoch_losses(log_csv)
+    epochs = np.arange(len(means["loss"]))
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for p in parts:
-        ax.plot(np.array(epochs) + 1, means[p], label=p, linewidth=2.2 if p == "loss" else 1.2)
+    for p in learning.LOSSES:
+        ax.plot(epochs + 1, means[p], label=p, linewidth=2.2 if p == "loss" else 1.2)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (mean over the epoch's logged steps)")

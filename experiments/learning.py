@@ -14,6 +14,7 @@ earlier run left in ``<work>`` (delete a run's folder to redo it); training resu
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -29,6 +30,20 @@ DEFAULT_IMAGES = 5632  # the CPU budget: 1,408 steps of 4 tiles (22 passes over 
 TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # detection_min_confidence values tried on the tuning fold
 TUNE_FOLD = 2
 TIMED_STEPS = 8  # train steps timed after training, the median reported
+
+
+LOSSES = ("loss", "rpn_class", "rpn_box", "class", "box", "mask")  # the columns of a run's log.csv
+
+
+def epoch_losses(log_csv: str) -> dict[str, list[float]]:
+    """Each training loss of :data:`LOSSES`, the mean of each epoch's logged steps, from a run's log.csv."""
+    with open(log_csv) as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    return {
+        p: [float(np.mean([float(r[p]) for r in rows if int(r["epoch"]) == e])) for e in epochs]
+        for p in LOSSES
+    }
 
 
 def make_folds(data: str, out: str) -> dict[int, str]:

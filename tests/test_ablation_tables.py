@@ -18,6 +18,7 @@ def _record(name, threshold, tuning, bpq):
         "fold3": {"bpq": bpq, "recall": 0.6, "precision": 0.75, "dq": 0.66, "sq": 0.7},
         "waterfall": waterfall,
         "step_seconds": 1.5,
+        "class_loss": 0.5,
     }
 
 
@@ -38,6 +39,7 @@ def test_fold_two_is_read_at_the_chosen_threshold_and_fold_three_against_base():
     assert (base[col["bPQ - base"]], p2[col["bPQ - base"]]) == ("+0.0000", "+0.0200")
     # 4 of 20 nuclei lost at low_score; the step ratio per round 1.5 and 1.0: median 1.25.
     assert p2[col["low_score"]] == "20.0%"
+    assert p2[col["class loss"]] == "0.500"
     assert p2[col["step vs base"]].startswith("1.25x")
 
 
