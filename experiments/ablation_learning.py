@@ -14,8 +14,8 @@ shares the machine's state; a row timed again replaces its earlier ratio, the ot
 ``--scoring RUN ...`` scores trained runs of the work folder with the RPN's objectness
 (``model.detection_objectness_weight``, chosen with the threshold on fold 2) and writes
 ``experiments/results/learning_scoring.md`` (``--scoring-out``) alone; ``--inference RUN ...`` scores them
-with each of ``INFERENCE_VARIANTS`` (more proposals, test-time flips; chosen the same way) and writes
-``experiments/results/learning_inference.md`` (``--inference-out``) alone.
+with each of ``INFERENCE_VARIANTS`` (more proposals, test-time flips, rescoring; chosen the same way) and
+writes ``experiments/results/learning_inference.md`` (``--inference-out``) alone.
 """
 
 from __future__ import annotations
@@ -101,6 +101,12 @@ INFERENCE_VARIANTS = [
         "flips",
         "test-time flips: four mirrored views, boxes voted, masks averaged (`model.test_time_flips`)",
         {"test_time_flips": True},
+    ),
+    (
+        "rescore",
+        "each ROI scored by the mean of the box head's probabilities on it and on its refined box "
+        "(`model.rescore_refined_boxes`)",
+        {"rescore_refined_boxes": True},
     ),
 ]
 INFERENCE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)

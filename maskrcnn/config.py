@@ -154,6 +154,10 @@ class ModelConfig:
     # Test-time flips: the image, mirrored left-right, top-bottom and both, detected in one batch; boxes
     # voted across the views and masks averaged (maskrcnn.postprocess.merge_views). 4x the inference work.
     test_time_flips: bool = False
+    # Score each ROI by the mean of the box head's class probabilities on it and on its refined box (the
+    # ROI moved by its best foreground class's deltas): Cascade R-CNN's "iterative BBox" ensemble at
+    # inference, with one head (maskrcnn.model.MaskRCNN.classify). A second box-head pass.
+    rescore_refined_boxes: bool = False
     mask_threshold: float = 0.5
 
 

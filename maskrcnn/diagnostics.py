@@ -239,9 +239,7 @@ def _stage_program(model):
             pyramid = model.features(images)
             rpn_logits, rpn_deltas = model.rpn_head(pyramid)
             proposals, proposal_scores, proposal_valid = model.proposals(rpn_logits, rpn_deltas, size)
-            class_logits, box_deltas = model.box_head(
-                model.roi_features(pyramid[:4], proposals, model.config.pool_size)
-            )
+            class_logits, box_deltas = model.classify(pyramid[:4], proposals, size)
             boxes, scores, _, usable = jax.vmap(
                 functools.partial(
                     postprocess.detection_candidates,

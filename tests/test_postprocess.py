@@ -75,6 +75,29 @@ def test_detection_deltas_are_those_of_the_scored_class():
     np.testing.assert_allclose(by_class[1], [10, 10, 20, 20], atol=1e-4)
 
 
+def test_refined_rois_move_each_roi_by_its_best_foreground_class_and_clip_it():
+    deltas = np.zeros((2, 3, 4), np.float32)
+    deltas[0, 2] = np.array([0.1, 0.0, 0.0, 0.0]) / np.asarray(BOX_STD)  # class 2 moves ROI 0 1 px down
+    deltas[0, 1] = np.array([0.0, 0.5, 0.0, 0.0]) / np.asarray(BOX_STD)  # class 1 would move it 5 px right
+    deltas[1, 1] = np.array([0.0, -0.5, 0.0, 0.0]) / np.asarray(BOX_STD)  # ROI 1, class 1: 5 px left
+    deltas[1, 0] = np.array([0.0, 0.5, 0.0, 0.0]) / np.asarray(BOX_STD)  # background: never used
+    refined = postprocess.refined_rois(
+        _logits([[0.1, 0.3, 0.6], [0.8, 0.15, 0.05]]),  # ROI 1 is background, then class 1
+        jnp.asarray(deltas),
+        jnp.asarray([[10.0, 10.0, 20.0, 20.0], [10.0, 2.0, 20.0, 12.0]]),
+        image_size=(64, 64),
+    )
+    # ROI 1 moved to x -3..7 is clipped at the image's left edge.
+    np.testing.assert_allclose(refined, [[11, 10, 21, 20], [10, 0, 20, 7]], atol=1e-4)
+    agnostic = postprocess.refined_rois(
+        _logits([[0.1, 0.3, 0.6]]),
+        jnp.asarray(deltas[:1, 2:]),
+        jnp.asarray([[10.0, 10.0, 20.0, 20.0]]),
+        image_size=(64, 64),
+    )
+    np.testing.assert_allclose(agnostic, [[11, 10, 21, 20]], atol=1e-4)
+
+
 def _propose(scores, anchors, **kw):
     scores = np.asarray(scores, np.float32)
     logits = jnp.stack([jnp.zeros(len(scores)), jnp.log(scores) - jnp.log1p(-scores)], axis=-1)

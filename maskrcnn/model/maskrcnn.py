@@ -31,6 +31,7 @@ INFERENCE_FIELDS = (
     "detection_nms_threshold",
     "detection_objectness_weight",
     "test_time_flips",
+    "rescore_refined_boxes",
     "mask_threshold",
 )
 MASK_CHUNK = 64  # detection slots per mask-head call at inference
@@ -170,10 +171,28 @@ class MaskRCNN(keras.Model):
             window=window,
         )
 
+    def classify(self, pyramid, rois, size):
+        """The box head at inference: class logits (B, R, K+1) and box deltas (B, R, K+1, 4) of ROIs (B, R,
+        4), pooled from ``pyramid`` P2-P5.
+
+        With ``model.rescore_refined_boxes`` the head also runs on each ROI refined by its best foreground
+        class (:func:`maskrcnn.postprocess.refined_rois`), and the logits returned are the log of the mean
+        of both passes' class probabilities; the deltas are the first pass's, so the boxes do not change.
+        """
+        cfg = self.config
+        class_logits, box_deltas = self.box_head(self.roi_features(pyramid, rois, cfg.pool_size))
+        if not cfg.rescore_refined_boxes:
+            return class_logits, box_deltas
+        refined = jax.vmap(functools.partial(postprocess.refined_rois, image_size=size))(
+            class_logits, box_deltas, rois
+        )
+        second, _ = self.box_head(self.roi_features(pyramid, refined, cfg.pool_size))
+        probs = [jax.nn.softmax(x.astype("float32"), axis=-1) for x in (class_logits, second)]
+        return jnp.log((probs[0] + probs[1]) / 2), box_deltas
+
     def detect(self, pyramid, proposals, proposal_scores, proposal_valid, size):
         """Second stage at inference: classify and refine proposals, then predict the detections' masks."""
-        cfg = self.config
-        class_logits, box_deltas = self.box_head(self.roi_features(pyramid, proposals, cfg.pool_size))
+        class_logits, box_deltas = self.classify(pyramid, proposals, size)
         detections = self.detections(
             class_logits, box_deltas, proposals, proposal_valid, size, proposal_scores=proposal_scores
         )
@@ -193,7 +212,7 @@ class MaskRCNN(keras.Model):
         pyramid = self.features(jnp.concatenate([_flip_images(images, f) for f in FLIPS]))
         rpn_logits, rpn_deltas = self.rpn_head(pyramid)
         proposals, proposal_scores, proposal_valid = self.proposals(rpn_logits, rpn_deltas, size)
-        class_logits, box_deltas = self.box_head(self.roi_features(pyramid[:4], proposals, cfg.pool_size))
+        class_logits, box_deltas = self.classify(pyramid[:4], proposals, size)
         found = self.detections(
             class_logits,
             box_deltas,

@@ -258,3 +258,36 @@ def test_test_time_flips_give_mirrored_detections_for_a_mirrored_image():
         np.testing.assert_allclose(mirrored["boxes"][pair], expected, atol=1e-3)
         np.testing.assert_allclose(mirrored["scores"][pair], plain["scores"][:n], atol=1e-5)
         np.testing.assert_allclose(mirrored["masks"][pair], np.flip(plain["masks"][:n], axis), atol=1e-4)
+
+
+def test_rescoring_averages_the_heads_probabilities_on_each_roi_and_on_its_refined_box():
+    """``model.rescore_refined_boxes`` against the two box-head passes written out: the probabilities are
+    the mean of the head's on the proposal and on the box its best foreground class refines it to, and the
+    deltas (so the detections' boxes) are the first pass's."""
+    from maskrcnn import postprocess
+
+    config = load_config("tiny")
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, rescore_refined_boxes=True))
+    model = classifier_near_half(config)
+    size, pool = config.data.image_size, config.model.pool_size
+
+    @jax.jit
+    def passes(images):
+        levels = model.features(images)  # P2-P6: the RPN's; P2-P5: the heads'
+        proposals, _, _ = model.proposals(*model.rpn_head(levels), (size, size))
+        pyramid = levels[:4]
+        logits, deltas = model.classify(pyramid, proposals, (size, size))
+        first, first_deltas = model.box_head(model.roi_features(pyramid, proposals, pool))
+        refined = postprocess.refined_rois(first[0], first_deltas[0], proposals[0], image_size=(size, size))
+        second, _ = model.box_head(model.roi_features(pyramid, refined[None], pool))
+        return logits, deltas, first, first_deltas, second, refined - proposals[0]
+
+    images = jnp.asarray(np.random.default_rng(6).integers(0, 255, (1, size, size, 3)), jnp.uint8)
+    logits, deltas, first, first_deltas, second, moved = passes(images)
+    assert float(jnp.abs(moved).max()) > 0.01  # the refinement moves the ROIs
+    expected = (jax.nn.softmax(first, axis=-1) + jax.nn.softmax(second, axis=-1)) / 2
+    np.testing.assert_allclose(jax.nn.softmax(logits, axis=-1), expected, atol=1e-6)
+    # The classifier scores near a half (classifier_near_half), so the second pass moves them by 1e-5 or so:
+    # ten times the tolerance above, so a rescoring that kept the first pass alone fails it.
+    assert float(jnp.abs(jax.nn.softmax(first, axis=-1) - expected).max()) > 1e-5
+    np.testing.assert_array_equal(deltas, first_deltas)
