@@ -121,14 +121,13 @@ def detection_candidates(
 
 def refined_rois(class_logits, box_deltas, rois, *, image_size: tuple[int, int], std=BOX_STD):
     """One image's ROIs (R, 4) each moved by the deltas of its most probable foreground class and clipped
-    to the image: the boxes :func:`detect` would give each ROI at that class. Args: as :func:`detect`."""
-    best = jnp.argmax(class_logits[:, 1:], axis=-1) + 1  # the softmax keeps the logits' order
-    if box_deltas.shape[1] == 1:  # class-agnostic head
-        best = jnp.zeros_like(best)
-    deltas = jnp.take_along_axis(box_deltas, best[:, None, None], axis=1)[:, 0]
-    return clip_boxes(
-        decode_boxes(deltas.astype(jnp.float32), jnp.asarray(rois, jnp.float32), std=std), *image_size
+    to the image: :func:`detection_candidates`' box of that class. Args: as :func:`detect`."""
+    num_rois, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    boxes, probs, _, _ = detection_candidates(
+        class_logits, box_deltas, rois, jnp.ones(num_rois, bool), image_size=image_size, std=std
     )
+    best = jnp.argmax(probs.reshape(num_rois, num_classes), axis=-1)
+    return boxes.reshape(num_rois, num_classes, 4)[jnp.arange(num_rois), best]
 
 
 def detect(
