@@ -112,8 +112,15 @@ INFERENCE_VARIANTS = [
 INFERENCE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 
 
-def run_name(row: str, images: int) -> str:
-    return f"{row}-{images}"
+def run_name(row: str, images: int, seed: int = 0) -> str:
+    """``<row>-<images>``, and ``-seed<N>`` for a run trained with ``train.seed`` N other than 0."""
+    return f"{row}-{images}" + (f"-seed{seed}" if seed else "")
+
+
+def parse_run_name(name: str) -> tuple[str, int]:
+    """(row, seed) of a :func:`run_name`."""
+    row, _, *rest = name.split("-")
+    return row, int(rest[0].removeprefix("seed")) if rest else 0
 
 
 def overrides_of(row: str, extra=()) -> list[str]:
@@ -308,17 +315,18 @@ def table(records: list[dict], timing: dict) -> str:
     from maskrcnn.diagnostics import NUCLEUS_BUCKETS
 
     lost = [b for b in NUCLEUS_BUCKETS if b != "matched"]
-    base = {r["images"]: r["fold3"]["bpq"] for r in records if r["name"].rsplit("-", 1)[0] == "base"}
+    key = {id(r): (r["images"], parse_run_name(r["name"])[1]) for r in records}
+    base = {key[id(r)]: r["fold3"]["bpq"] for r in records if parse_run_name(r["name"])[0] == "base"}
     lines = [
-        "| row | change | images | fold-2 bPQ | bPQ | bPQ - base | recall | precision | DQ | SQ | "
+        "| row | change | images | seed | fold-2 bPQ | bPQ | bPQ - base | recall | precision | DQ | SQ | "
         + " | ".join(lost)
         + " | class loss | threshold | step (s) | step vs base |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(lost) + "---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(lost) + "---:|---:|---:|---:|",
     ]
     what = {n: w for n, w, _ in ROWS}
 
     def delta(r):
-        ref = base.get(r["images"])
+        ref = base.get(key[id(r)])  # base trained with the same budget and seed
         return "" if ref is None else f"{r['fold3']['bpq'] - ref:+.4f}"
 
     def ratio(row):
@@ -329,19 +337,19 @@ def table(records: list[dict], timing: dict) -> str:
 
     trained = set()
     for r in records:
-        row = r["name"].rsplit("-", 1)[0]
+        row, seed = parse_run_name(r["name"])
         trained.add(row)
         m, w = r["fold3"], r["waterfall"]
         shares = " | ".join(f"{w[b] / w['nuclei']:.1%}" for b in lost)
         lines.append(
-            f"| {row} | {what.get(row, '')} | {r['images']:,} | {fold2(r):.4f} | {m['bpq']:.4f} | {delta(r)} "
+            f"| {row} | {what.get(row, '')} | {r['images']:,} | {seed} | {fold2(r):.4f} | {m['bpq']:.4f} | {delta(r)} "
             f"| {m['recall']:.3f} | {m['precision']:.3f} | {m['dq']:.3f} | {m['sq']:.3f} | {shares} "
             f"| {r['class_loss']:.3f} | {r['threshold']:g} "
             f"| {r['step_seconds']:.2f} | {ratio(row)} |"
         )
     # Rows timed (--time) but not trained: their cost, every accuracy cell empty.
     for row in (n for n in ROW_NAMES if n in timing and n not in trained):
-        lines.append(f"| {row} | {what[row]} | not trained |" + " |" * (10 + len(lost)) + f" {ratio(row)} |")
+        lines.append(f"| {row} | {what[row]} | not trained |" + " |" * (11 + len(lost)) + f" {ratio(row)} |")
     return "\n".join(lines)
 
 
@@ -352,6 +360,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=learning.DEFAULT_IMAGES, help="training budget in images")
     p.add_argument("--rows", nargs="*", choices=ROW_NAMES, help="rows to run (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every row")
+    p.add_argument("--seed", type=int, default=0, help="train.seed of the rows' runs (another draw of each)")
     p.add_argument("--time", action="store_true", help="time every row's train step in one run, in turn")
     p.add_argument("--scoring", nargs="*", metavar="RUN", help="score trained runs with the RPN's objectness")
     p.add_argument("--out", default=os.path.join(harness.RESULTS, "learning_ablation.md"))
@@ -382,9 +391,9 @@ def main(argv=None) -> int:
                 args.data,
                 work,
                 "learning",
-                name=run_name(row, args.images),
+                name=run_name(row, args.images, args.seed),
                 images=args.images,
-                overrides=overrides_of(row, args.set),
+                overrides=overrides_of(row, [*args.set, *([f"train.seed={args.seed}"] if args.seed else [])]),
             )
     timing = read_timing(timing_path)
     records = []
@@ -393,7 +402,12 @@ def main(argv=None) -> int:
             record = json.load(open(path))
             log = os.path.join(work, record["name"], "log.csv")
             records.append({**record, "class_loss": learning.epoch_losses(log)["class"][-1]})
-    records.sort(key=lambda r: (r["images"], ROW_NAMES.index(r["name"].rsplit("-", 1)[0])))
+
+    def order(record):
+        row, seed = parse_run_name(record["name"])
+        return record["images"], ROW_NAMES.index(row), seed
+
+    records.sort(key=order)
     runs = sorted({(t["date"], t["device"], t["commit"]) for t in timing.values()})
     timed_on = "".join(f"; {date}, {device}, commit {commit}" for date, device, commit in runs)
     text = f"""# Learning ablation: each recipe choice on its own, at an equal budget of images

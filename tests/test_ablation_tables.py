@@ -87,3 +87,24 @@ def test_the_inference_page_reports_each_variant_at_its_fold_two_threshold():
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3:] == ["0.4", "0.3800", "0.3900", "0.500", "0.800", "0.750", "61"]
     assert "model.test_time_flips" in cells[2]
+
+
+def test_a_second_seed_is_its_own_row_against_the_base_of_its_seed():
+    from ablation_learning import parse_run_name, run_name, table
+
+    assert run_name("box1024", 5632) == "box1024-5632"
+    assert run_name("box1024", 5632, 1) == "box1024-5632-seed1"
+    assert parse_run_name("box1024-5632-seed1") == ("box1024", 1)
+    assert parse_run_name("base-5632") == ("base", 0)
+    records = [
+        _record("base-5632", 0.4, {"0.4": 0.35}, 0.30),
+        _record("base-5632-seed1", 0.4, {"0.4": 0.35}, 0.34),
+        _record("box1024-5632-seed1", 0.4, {"0.4": 0.35}, 0.35),
+    ]
+    lines = table(records, {}).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    col = {h: i for i, h in enumerate(header)}
+    assert [(r[0], r[col["seed"]]) for r in rows] == [("base", "0"), ("base", "1"), ("box1024", "1")]
+    # box1024 seed 1 against base seed 1 (0.34), not base seed 0 (0.30)
+    assert rows[2][col["bPQ - base"]] == "+0.0100"
