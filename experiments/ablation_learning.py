@@ -321,7 +321,7 @@ def table(records: list[dict], timing: dict) -> str:
         "| row | change | images | seed | fold-2 bPQ | bPQ | bPQ - base | recall | precision | DQ | SQ | "
         + " | ".join(lost)
         + " | class loss | threshold | step (s) | step vs base |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(lost) + "---:|---:|---:|---:|",
+        "|---|---|" + "---:|" * (13 + len(lost)),
     ]
     what = {n: w for n, w, _ in ROWS}
 
@@ -342,7 +342,8 @@ def table(records: list[dict], timing: dict) -> str:
         m, w = r["fold3"], r["waterfall"]
         shares = " | ".join(f"{w[b] / w['nuclei']:.1%}" for b in lost)
         lines.append(
-            f"| {row} | {what.get(row, '')} | {r['images']:,} | {seed} | {fold2(r):.4f} | {m['bpq']:.4f} | {delta(r)} "
+            f"| {row} | {what.get(row, '')} | {r['images']:,} | {seed} | {fold2(r):.4f} | {m['bpq']:.4f} "
+            f"| {delta(r)} "
             f"| {m['recall']:.3f} | {m['precision']:.3f} | {m['dq']:.3f} | {m['sq']:.3f} | {shares} "
             f"| {r['class_loss']:.3f} | {r['threshold']:g} "
             f"| {r['step_seconds']:.2f} | {ratio(row)} |"
