@@ -57,6 +57,11 @@ ROWS = [
     ),
     ("pos50", "half the sampled ROIs positive instead of a third", ["model.roi_positive_ratio=0.5"]),
     (
+        "roipos40",
+        "a sampled ROI is foreground from box IoU 0.4 with a nucleus (0.5)",
+        ["model.roi_positive_iou=0.4"],
+    ),
+    (
         "box1024",
         "box head 1024 wide (128), Matterport's and torchvision's width",
         ["model.box_head_width=1024"],

@@ -133,6 +133,9 @@ class ModelConfig:
     post_nms_rois_inference: int = 1000
     train_rois_per_image: int = 200  # Matterport TRAIN_ROIS_PER_IMAGE
     roi_positive_ratio: float = 0.33
+    # A sampled ROI is foreground at box IoU >= this with a nucleus, background below it (Fast R-CNN's and
+    # Matterport's 0.5); its box and mask targets are that nucleus's.
+    roi_positive_iou: float = 0.5
     add_gt_as_proposals: bool = False  # Detectron's default; Matterport does not
     pool_size: int = 7
     mask_pool_size: int = 14
@@ -414,6 +417,7 @@ def validate(config: Config) -> list[str]:
     ):
         unit(f"model.{name}", getattr(m, name))
     unit("model.roi_positive_ratio", m.roi_positive_ratio, low_open=True)
+    unit("model.roi_positive_iou", m.roi_positive_iou, low_open=True)
     rule(0 < m.mask_threshold < 1, "model.mask_threshold", m.mask_threshold, "must be in (0, 1)")
     candidates = m.post_nms_rois_training + (d.max_instances if m.add_gt_as_proposals else 0)
     rule(

@@ -23,6 +23,7 @@ BAD_VALUES = [
     ("model.anchor_scales=(4, 8)", "must hold one scale per stride"),
     ("model.rpn_positive_iou=1.5", "model.rpn_positive_iou=1.5 must be in [0, 1]"),
     ("model.rpn_negative_iou=0.8", "must not exceed model.rpn_positive_iou=0.7"),
+    ("model.roi_positive_iou=0.0", "model.roi_positive_iou=0.0 must be in (0, 1]"),
     ("model.rpn_assignment=atts", "model.rpn_assignment='atts' must be 'iou' or 'atss'"),
     ("model.atss_candidates=cells", "model.atss_candidates='cells' must be 'anchors' or 'locations'"),
     ("data.hed_jitter=2.0", "data.hed_jitter=2.0 must be in [0, 1)"),

@@ -332,6 +332,7 @@ class MaskRCNN(keras.Model):
                 targets.sample_rois,
                 num_rois=cfg.train_rois_per_image,
                 positive_fraction=cfg.roi_positive_ratio,
+                positive_iou=cfg.roi_positive_iou,
                 mask_size=cfg.mask_size,
                 mini_masks=self.mini_masks,
                 add_gt_as_proposals=cfg.add_gt_as_proposals,

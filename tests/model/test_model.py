@@ -291,3 +291,35 @@ def test_rescoring_averages_the_heads_probabilities_on_each_roi_and_on_its_refin
     # ten times the tolerance above, so a rescoring that kept the first pass alone fails it.
     assert float(jnp.abs(jax.nn.softmax(first, axis=-1) - expected).max()) > 1e-5
     np.testing.assert_array_equal(deltas, first_deltas)
+
+
+@pytest.mark.parametrize("positive_iou,shifted_positive", [(0.5, False), (0.4, True)])
+def test_roi_positive_iou_decides_which_sampled_rois_are_foreground(tiny, positive_iou, shifted_positive):
+    # Each nucleus offered as a proposal shifted sideways by 0.38 of its width (box IoU 0.45 with it), and
+    # as itself (add_gt_as_proposals): at 0.5 only the boxes themselves are foreground, at 0.4 both.
+    config, _ = tiny
+    model = build_model(
+        dataclasses.replace(config.model, roi_positive_iou=positive_iou),
+        config.data.image_size,
+        mini_masks=True,
+    )
+    batch, _ = tiny_batch(config, counts=(5, 3))
+    boxes, valid = np.asarray(batch["boxes"]), np.asarray(batch["valid"])
+    width = boxes[..., 3] - boxes[..., 1]
+    shift = 0.38 * width
+    shifted = boxes + np.stack([0 * shift, shift, 0 * shift, shift], axis=-1)
+    iou = (width[valid] - shift[valid]) / (width[valid] + shift[valid])  # equal heights: overlap / union in x
+    assert np.all((iou > 0.44) & (iou < 0.46))
+    proposals = np.zeros((2, config.model.post_nms_rois_training, 4), np.float32)
+    proposals[:, : boxes.shape[1]] = shifted
+    proposal_valid = np.zeros(proposals.shape[:2], bool)
+    proposal_valid[:, : boxes.shape[1]] = valid
+    size = (config.data.image_size,) * 2
+    _, _, rois = model.training_targets(
+        jnp.asarray(proposals), jnp.asarray(proposal_valid), batch, jax.random.PRNGKey(0), size
+    )
+    nuclei = valid.sum(axis=1)
+    expected = nuclei * (2 if shifted_positive else 1)
+    np.testing.assert_array_equal(np.asarray(rois["positive"]).sum(axis=1), expected)
+    np.testing.assert_array_equal(np.asarray(rois["valid"]).sum(axis=1), 2 * nuclei)
+    assert (np.asarray(rois["classes"]) > 0).sum() == expected.sum()
