@@ -330,9 +330,8 @@ def table(records: list[dict], timing: dict) -> str:
     key = {id(r): (r["images"], parse_run_name(r["name"])[1]) for r in records}
     reference = {key[id(r)]: r["fold3"]["bpq"] for r in records if parse_run_name(r["name"])[0] == REFERENCE}
     lines = [
-        f"| row | change | images | seed | fold-2 bPQ | bPQ | bPQ - {REFERENCE} | recall | precision | DQ | SQ | "
-        + " | ".join(lost)
-        + " | class loss | threshold | step (s) | step vs base |",
+        f"| row | change | images | seed | fold-2 bPQ | bPQ | bPQ - {REFERENCE} | recall | precision | DQ "
+        "| SQ | " + " | ".join(lost) + " | class loss | threshold | step (s) | step vs base |",
         "|---|---|" + "---:|" * (13 + len(lost)),
     ]
     what = {n: w for n, w, _ in ROWS}
@@ -428,9 +427,11 @@ def main(argv=None) -> int:
 {harness.header(command)}
 
 Rows: `experiments/ablation_learning.py` (`ROWS`), each one run of `experiments/learning.py`: the `learning`
-config with one change, trained from scratch on CoNSeP folds 1 + 2 for the budget of images, the score
-threshold chosen on fold 2, fold 3 scored. Fold-2 bPQ: at that threshold, what a row is kept or dropped by
-(fold 2 is a training fold; fold 3 chooses nothing). bPQ, recall, precision, DQ and SQ on fold 3; the
+config as shipped (`{REFERENCE}`) with one change, trained from scratch on CoNSeP folds 1 + 2 for the budget
+of images, the score threshold chosen on fold 2, fold 3 scored. Seed: `train.seed` (`--seed`: the initial
+weights, the order of the tiles and their augmentation). Fold-2 bPQ: at that threshold, what a row is kept
+or dropped by (fold 2 is a training fold; fold 3 chooses nothing). bPQ - {REFERENCE}: fold 3 against
+`{REFERENCE}` trained with the same budget and seed. bPQ, recall, precision, DQ and SQ on fold 3; the
 waterfall columns are the shares of fold-3 nuclei that each stage loses first (`maskrcnn diagnose`; the rest
 are matched). Class loss: the box head's classification loss over its sampled ROIs (cross-entropy; at most
 a third of them positive), the mean over the last epoch of training. Step (s): each run's own step time,

@@ -22,11 +22,11 @@ def _record(name, threshold, tuning, bpq):
     }
 
 
-def test_fold_two_is_read_at_the_chosen_threshold_and_fold_three_against_base():
+def test_fold_two_is_read_at_the_chosen_threshold_and_fold_three_against_the_preset():
     from ablation_learning import table
 
     records = [
-        _record("base-5632", 0.4, {"0.3": 0.31, "0.4": 0.35, "0.5": 0.33}, 0.30),
+        _record("preset-5632", 0.4, {"0.3": 0.31, "0.4": 0.35, "0.5": 0.33}, 0.30),
         _record("p2-5632", 0.5, {"0.3": 0.30, "0.4": 0.36, "0.5": 0.38}, 0.32),
     ]
     timing = {"p2": {"seconds": [1.5, 2.0], "base": [1.0, 2.0]}}
@@ -34,9 +34,9 @@ def test_fold_two_is_read_at_the_chosen_threshold_and_fold_three_against_base():
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     col = {h: i for i, h in enumerate(header)}
-    base, p2 = cells
-    assert (base[col["fold-2 bPQ"]], p2[col["fold-2 bPQ"]]) == ("0.3500", "0.3800")
-    assert (base[col["bPQ - base"]], p2[col["bPQ - base"]]) == ("+0.0000", "+0.0200")
+    preset, p2 = cells
+    assert (preset[col["fold-2 bPQ"]], p2[col["fold-2 bPQ"]]) == ("0.3500", "0.3800")
+    assert (preset[col["bPQ - preset"]], p2[col["bPQ - preset"]]) == ("+0.0000", "+0.0200")
     # 4 of 20 nuclei lost at low_score; the step ratio per round 1.5 and 1.0: median 1.25.
     assert p2[col["low_score"]] == "20.0%"
     assert p2[col["class loss"]] == "0.500"
@@ -89,7 +89,7 @@ def test_the_inference_page_reports_each_variant_at_its_fold_two_threshold():
     assert "model.test_time_flips" in cells[2]
 
 
-def test_a_second_seed_is_its_own_row_against_the_base_of_its_seed():
+def test_a_second_seed_is_its_own_row_against_the_preset_of_its_seed():
     from ablation_learning import parse_run_name, run_name, table
 
     assert run_name("box1024", 5632) == "box1024-5632"
@@ -97,14 +97,21 @@ def test_a_second_seed_is_its_own_row_against_the_base_of_its_seed():
     assert parse_run_name("box1024-5632-seed1") == ("box1024", 1)
     assert parse_run_name("base-5632") == ("base", 0)
     records = [
-        _record("base-5632", 0.4, {"0.4": 0.35}, 0.30),
-        _record("base-5632-seed1", 0.4, {"0.4": 0.35}, 0.34),
+        _record("preset-5632", 0.4, {"0.4": 0.35}, 0.30),
+        _record("preset-5632-seed1", 0.4, {"0.4": 0.35}, 0.34),
         _record("box1024-5632-seed1", 0.4, {"0.4": 0.35}, 0.35),
+        _record("rois256-5632-seed2", 0.4, {"0.4": 0.35}, 0.35),
     ]
     lines = table(records, {}).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     col = {h: i for i, h in enumerate(header)}
-    assert [(r[0], r[col["seed"]]) for r in rows] == [("base", "0"), ("base", "1"), ("box1024", "1")]
-    # box1024 seed 1 against base seed 1 (0.34), not base seed 0 (0.30)
-    assert rows[2][col["bPQ - base"]] == "+0.0100"
+    assert [(r[0], r[col["seed"]]) for r in rows] == [
+        ("preset", "0"),
+        ("preset", "1"),
+        ("box1024", "1"),
+        ("rois256", "2"),
+    ]
+    # box1024 seed 1 against preset seed 1 (0.34), not preset seed 0 (0.30); no preset of seed 2: no delta
+    assert rows[2][col["bPQ - preset"]] == "+0.0100"
+    assert rows[3][col["bPQ - preset"]] == ""
