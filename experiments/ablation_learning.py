@@ -1,6 +1,7 @@
 """The learning benchmark's ablation: each recipe choice, on its own, at an equal budget of images.
 
     python experiments/ablation_learning.py --data DIR [--images 5632] [--rows base iou1 ...]
+    python experiments/ablation_learning.py --data DIR --rows preset box1024 --seed 1   # another draw
     python experiments/ablation_learning.py --data DIR --time [--rows ...]   # step vs base, one run
     python experiments/ablation_learning.py --data DIR --images 100000 --set train.batch_size=16   # GPU
 
@@ -318,6 +319,19 @@ def fold2(record: dict) -> float:
     return record["bpq_by_threshold"][f"{record['threshold']:g}"]
 
 
+def check_record(record: dict, path: str) -> None:
+    """Refuses a record trained without its row's overrides of today (a row redefined after it was trained,
+    such as a pin added to it), which the page would show under a change it does not have."""
+    row, seed = parse_run_name(record["name"])
+    wanted = overrides_of(row, [f"train.seed={seed}"] if seed else [])
+    missing = [o for o in wanted if o not in record["overrides"]]
+    if missing:
+        raise SystemExit(
+            f"{path} was trained with {record['overrides']}, without {missing} of row {row!r} as defined "
+            "now: train it again (move the record and its folder away) or restore the row"
+        )
+
+
 def read_timing(path: str) -> dict:
     """The step times of ``--time`` runs: row -> :func:`time_rows`' record of the run that timed it last."""
     return json.load(open(path)) if os.path.exists(path) else {}
@@ -412,6 +426,7 @@ def main(argv=None) -> int:
     for row in ROW_NAMES:
         for path in sorted(glob.glob(os.path.join(work, f"{row}-*.json"))):
             record = json.load(open(path))
+            check_record(record, path)
             log = os.path.join(work, record["name"], "log.csv")
             records.append({**record, "class_loss": learning.epoch_losses(log)["class"][-1]})
 

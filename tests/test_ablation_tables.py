@@ -115,3 +115,16 @@ def test_a_second_seed_is_its_own_row_against_the_preset_of_its_seed():
     # box1024 seed 1 against preset seed 1 (0.34), not preset seed 0 (0.30); no preset of seed 2: no delta
     assert rows[2][col["bPQ - preset"]] == "+0.0100"
     assert rows[3][col["bPQ - preset"]] == ""
+
+
+def test_a_record_trained_without_its_rows_overrides_of_today_is_refused():
+    import pytest
+    from ablation_learning import check_record
+
+    check_record(
+        {"name": "box1024-5632-seed1", "overrides": ["model.box_head_width=1024", "train.seed=1"]}, "r"
+    )
+    with pytest.raises(SystemExit, match=r"without \['train.seed=1'\] of row 'box1024'"):
+        check_record({"name": "box1024-5632-seed1", "overrides": ["model.box_head_width=1024"]}, "r")
+    with pytest.raises(SystemExit, match="model.roi_canonical_size=56.0"):
+        check_record({"name": "base-5632", "overrides": []}, "base-5632.json")
