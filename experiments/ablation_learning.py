@@ -8,7 +8,8 @@
 Every row is one run of :mod:`learning` (the ``learning`` config with the row's overrides, trained from
 scratch on folds 1 + 2 for ``--images`` images, the threshold chosen on fold 2, fold 3 scored and every
 nucleus followed by ``maskrcnn diagnose``), kept in ``<work>/<row>-<images>/`` and ``<work>/<row>-<images>
-.json``; a row already run is read back, not trained again. ``--time`` builds the rows' train steps and
+.json`` (``-seed<N>`` after the images for ``--seed N``) and judged against ``preset`` of the same budget
+and seed; a row already run is read back, not trained again. ``--time`` builds the rows' train steps and
 ``base``'s in one process and times them in turn over rounds (harness.rounds), so each ratio to ``base``
 shares the machine's state; a row timed again replaces its earlier ratio, the others stay. Writes
 ``experiments/results/learning_ablation.md`` (``--out``) with every row found for every budget.
