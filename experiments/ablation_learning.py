@@ -3,6 +3,7 @@
     python experiments/ablation_learning.py --data DIR [--images 5632] [--rows base iou1 ...]
     python experiments/ablation_learning.py --data DIR --rows preset box1024 --seed 1   # another draw
     python experiments/ablation_learning.py --data DIR --time [--rows ...]   # step vs base, one run
+    python experiments/ablation_learning.py --data DIR --page   # the page again from the records, no training
     python experiments/ablation_learning.py --data DIR --images 100000 --set train.batch_size=16   # GPU
 
 Every row is one run of :mod:`learning` (the ``learning`` config with the row's overrides, trained from
@@ -389,6 +390,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every row")
     p.add_argument("--seed", type=int, default=0, help="train.seed of the rows' runs (another draw of each)")
     p.add_argument("--time", action="store_true", help="time every row's train step in one run, in turn")
+    p.add_argument("--page", action="store_true", help="only write the page from the records found")
     p.add_argument("--scoring", nargs="*", metavar="RUN", help="score trained runs with the RPN's objectness")
     p.add_argument("--out", default=os.path.join(harness.RESULTS, "learning_ablation.md"))
     p.add_argument("--scoring-out", default=os.path.join(harness.RESULTS, "learning_scoring.md"))
@@ -412,7 +414,7 @@ def main(argv=None) -> int:
         results = [inference(work, run) for run in args.inference]
         harness.write(args.inference_out, inference_page(command, results))
         return 0
-    else:
+    elif not args.page:
         for row in rows:
             learning.run(
                 args.data,

@@ -128,3 +128,31 @@ def test_a_record_trained_without_its_rows_overrides_of_today_is_refused():
         check_record({"name": "box1024-5632-seed1", "overrides": ["model.box_head_width=1024"]}, "r")
     with pytest.raises(SystemExit, match="model.roi_canonical_size=56.0"):
         check_record({"name": "base-5632", "overrides": []}, "base-5632.json")
+
+
+def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
+    import json
+
+    from ablation_learning import main
+
+    work = tmp_path / "work"
+    for name, bpq, class_losses in (("preset-5632", 0.30, (0.6, 0.5)), ("box1024-5632", 0.33, (0.5, 0.4))):
+        row = name.split("-")[0]
+        overrides = ["model.box_head_width=1024"] if row == "box1024" else []
+        (work / name).mkdir(parents=True)
+        (work / f"{name}.json").write_text(
+            json.dumps({**_record(name, 0.4, {"0.4": bpq}, bpq), "overrides": overrides})
+        )
+        lines = ["stage,epoch,step,split,loss,rpn_class,rpn_box,class,box,mask"]
+        lines += [f"0,{e},{e + 1},train,1,1,1,{c},1,1" for e, c in enumerate(class_losses)]
+        (work / name / "log.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "page.md"
+    # --data is a folder that does not exist: nothing is built or trained.
+    assert main(["--data", str(tmp_path / "none"), "--work", str(work), "--page", "--out", str(out)]) == 0
+    rows = [
+        line
+        for line in out.read_text().splitlines()
+        if line.startswith("| preset") or line.startswith("| box")
+    ]
+    assert len(rows) == 2 and "| +0.0300 |" in rows[1] and "| 0.400 |" in rows[1]  # delta; last epoch's loss
+    assert not (work / "folds").exists()
