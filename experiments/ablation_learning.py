@@ -138,6 +138,11 @@ def parse_run_name(name: str) -> tuple[str, int]:
     return row, int(rest[0].removeprefix("seed")) if rest else 0
 
 
+def seed_overrides(seed: int) -> list[str]:
+    """The override of a run with ``train.seed`` ``seed`` (none for the default 0)."""
+    return [f"train.seed={seed}"] if seed else []
+
+
 def overrides_of(row: str, extra=()) -> list[str]:
     return [*dict((n, o) for n, _, o in ROWS)[row], *extra]
 
@@ -325,7 +330,7 @@ def check_record(record: dict, path: str) -> None:
     """Refuses a record trained without its row's overrides of today (a row redefined after it was trained,
     such as a pin added to it), which the page would show under a change it does not have."""
     row, seed = parse_run_name(record["name"])
-    wanted = overrides_of(row, [f"train.seed={seed}"] if seed else [])
+    wanted = overrides_of(row, seed_overrides(seed))
     missing = [o for o in wanted if o not in record["overrides"]]
     if missing:
         raise SystemExit(
@@ -343,8 +348,13 @@ def table(records: list[dict], timing: dict) -> str:
     from maskrcnn.diagnostics import NUCLEUS_BUCKETS
 
     lost = [b for b in NUCLEUS_BUCKETS if b != "matched"]
-    key = {id(r): (r["images"], parse_run_name(r["name"])[1]) for r in records}
-    reference = {key[id(r)]: r["fold3"]["bpq"] for r in records if parse_run_name(r["name"])[0] == REFERENCE}
+
+    def budget_and_seed(r):
+        return r["images"], parse_run_name(r["name"])[1]
+
+    reference = {
+        budget_and_seed(r): r["fold3"]["bpq"] for r in records if r["name"].startswith(f"{REFERENCE}-")
+    }
     lines = [
         f"| row | change | images | seed | fold-2 bPQ | bPQ | bPQ - {REFERENCE} | recall | precision | DQ "
         "| SQ | " + " | ".join(lost) + " | class loss | threshold | step (s) | step vs base |",
@@ -353,7 +363,7 @@ def table(records: list[dict], timing: dict) -> str:
     what = {n: w for n, w, _ in ROWS}
 
     def delta(r):
-        ref = reference.get(key[id(r)])  # the reference trained with the same budget and seed
+        ref = reference.get(budget_and_seed(r))  # the reference trained with the same budget and seed
         return "" if ref is None else f"{r['fold3']['bpq'] - ref:+.4f}"
 
     def ratio(row):
@@ -422,7 +432,7 @@ def main(argv=None) -> int:
                 "learning",
                 name=run_name(row, args.images, args.seed),
                 images=args.images,
-                overrides=overrides_of(row, [*args.set, *([f"train.seed={args.seed}"] if args.seed else [])]),
+                overrides=overrides_of(row, [*args.set, *seed_overrides(args.seed)]),
             )
     timing = read_timing(timing_path)
     records = []
