@@ -326,9 +326,18 @@ def fold2(record: dict) -> float:
     return record["bpq_by_threshold"][f"{record['threshold']:g}"]
 
 
-def check_record(record: dict, path: str) -> None:
-    """Refuses a record trained without its row's overrides of today (a row redefined after it was trained,
-    such as a pin added to it), which the page would show under a change it does not have."""
+# Fields in which a row's run may differ from the preset beyond its overrides: the run's name, where its
+# data lives, and the budget (the record's images, also in its name).
+UNCOMPARED = ("name", "data.data_dir", "train.steps_per_epoch", "train.stages[0].epochs")
+
+
+def check_record(record: dict, path: str, work: str) -> None:
+    """Refuses a record that is not its row as defined today: trained without the row's overrides (a row
+    redefined after it was trained, such as a pin added to it), or on a `learning` config other than
+    today's (the preset changed since), which the page would show as a change it is not."""
+    from maskrcnn.config import apply_overrides, load_config
+    from maskrcnn.train.workdir import CONFIG_FILE, flatten_config
+
     row, seed = parse_run_name(record["name"])
     wanted = overrides_of(row, seed_overrides(seed))
     missing = [o for o in wanted if o not in record["overrides"]]
@@ -336,6 +345,23 @@ def check_record(record: dict, path: str) -> None:
         raise SystemExit(
             f"{path} was trained with {record['overrides']}, without {missing} of row {row!r} as defined "
             "now: train it again (move the record and its folder away) or restore the row"
+        )
+    trained_path = os.path.join(work, record["name"], CONFIG_FILE)
+    if not os.path.exists(trained_path):
+        raise SystemExit(f"{path}: {trained_path}, the config its run was trained with, is missing")
+    trained = flatten_config(json.load(open(trained_path)))
+    today = apply_overrides(load_config("learning"), record["overrides"]).to_dict()
+    today = flatten_config(json.loads(json.dumps(today)))  # tuples as JSON lists, as config.json holds them
+    changed = [
+        f"{key}: {trained[key]!r} -> {today[key]!r}"
+        for key in sorted(set(trained) & set(today))  # a field added since keeps the behaviour it had before
+        if key not in UNCOMPARED and trained[key] != today[key]
+    ]
+    if changed:
+        raise SystemExit(
+            f"{path} was trained on a `learning` config that differs from today's with its overrides "
+            f"({'; '.join(changed)}): it is not `{REFERENCE}` with row {row!r}'s change any more. Train "
+            "the rows again in another --work folder, or restore the config"
         )
 
 
@@ -439,7 +465,7 @@ def main(argv=None) -> int:
     for row in ROW_NAMES:
         for path in sorted(glob.glob(os.path.join(work, f"{row}-*.json"))):
             record = json.load(open(path))
-            check_record(record, path)
+            check_record(record, path, work)
             log = os.path.join(work, record["name"], "log.csv")
             records.append({**record, "class_loss": learning.epoch_losses(log)["class"][-1]})
 

@@ -1,5 +1,7 @@
-"""The learning ablation's table: each row judged on fold 2, fold 3 reported, deltas against `base`."""
+"""The learning ablation's table: each row judged on fold 2, fold 3 reported, deltas against `preset`;
+the records checked against the rows of today."""
 
+import json
 import os
 import sys
 
@@ -117,29 +119,57 @@ def test_a_second_seed_is_its_own_row_against_the_preset_of_its_seed():
     assert rows[3][col["bPQ - preset"]] == ""
 
 
-def test_a_record_trained_without_its_rows_overrides_of_today_is_refused():
+def _trained(work, name, overrides, **changes):
+    """``<work>/<name>/config.json`` as `train` writes it: the `learning` config with ``overrides``, then
+    ``changes`` (section -> {field: value}) standing for a preset edited since."""
+    import json
+
+    from maskrcnn.config import apply_overrides, load_config
+
+    config = apply_overrides(load_config("learning"), overrides).to_dict()
+    for section, fields in changes.items():
+        config[section].update(fields)
+    (work / name).mkdir(parents=True, exist_ok=True)
+    (work / name / "config.json").write_text(json.dumps(config))
+
+
+def test_a_record_that_is_not_its_row_of_today_is_refused(tmp_path):
     import pytest
     from ablation_learning import check_record
 
-    check_record(
-        {"name": "box1024-5632-seed1", "overrides": ["model.box_head_width=1024", "train.seed=1"]}, "r"
-    )
+    overrides = ["model.box_head_width=1024", "train.seed=1"]
+    _trained(tmp_path, "box1024-5632-seed1", overrides)
+    check_record({"name": "box1024-5632-seed1", "overrides": overrides}, "r", str(tmp_path))
     with pytest.raises(SystemExit, match=r"without \['train.seed=1'\] of row 'box1024'"):
-        check_record({"name": "box1024-5632-seed1", "overrides": ["model.box_head_width=1024"]}, "r")
+        check_record({"name": "box1024-5632-seed1", "overrides": overrides[:1]}, "r", str(tmp_path))
     with pytest.raises(SystemExit, match="model.roi_canonical_size=56.0"):
-        check_record({"name": "base-5632", "overrides": []}, "base-5632.json")
+        check_record({"name": "base-5632", "overrides": []}, "base-5632.json", str(tmp_path))
+    # The preset edited after the run: its record is the old preset, not today's.
+    _trained(tmp_path, "preset-5632", [], model={"box_head_width": 256})
+    with pytest.raises(SystemExit, match=r"model.box_head_width: 256 -> 128\)"):
+        check_record({"name": "preset-5632", "overrides": []}, "preset-5632.json", str(tmp_path))
+    # A field added to the config since (absent from the run's config.json) is not a change.
+    _trained(tmp_path, "rpn512-5632", ["model.rpn_train_anchors_per_image=512"])
+    saved = json.loads((tmp_path / "rpn512-5632" / "config.json").read_text())
+    del saved["model"]["roi_positive_iou"]
+    (tmp_path / "rpn512-5632" / "config.json").write_text(json.dumps(saved))
+    check_record(
+        {"name": "rpn512-5632", "overrides": ["model.rpn_train_anchors_per_image=512"]}, "r", str(tmp_path)
+    )
+    with pytest.raises(SystemExit, match="the config its run was trained with, is missing"):
+        check_record(
+            {"name": "rois256-5632", "overrides": ["model.train_rois_per_image=256"]}, "r", str(tmp_path)
+        )
 
 
 def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
-    import json
-
     from ablation_learning import main
 
     work = tmp_path / "work"
     for name, bpq, class_losses in (("preset-5632", 0.30, (0.6, 0.5)), ("box1024-5632", 0.33, (0.5, 0.4))):
         row = name.split("-")[0]
         overrides = ["model.box_head_width=1024"] if row == "box1024" else []
-        (work / name).mkdir(parents=True)
+        _trained(work, name, overrides)
         (work / f"{name}.json").write_text(
             json.dumps({**_record(name, 0.4, {"0.4": bpq}, bpq), "overrides": overrides})
         )

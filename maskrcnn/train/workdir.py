@@ -36,18 +36,19 @@ RESUMABLE = (
 )
 
 
-def _flatten(tree, prefix=""):
+def flatten_config(tree, prefix=""):
+    """A config dict as ``{"section.field": value}`` (stages: ``train.stages[0].epochs``), tuples as lists."""
     if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+        return {k: v for key, sub in tree.items() for k, v in flatten_config(sub, f"{prefix}{key}.").items()}
     if isinstance(tree, list | tuple) and tree and isinstance(tree[0], dict):
-        return {k: v for i, sub in enumerate(tree) for k, v in _flatten(sub, f"{prefix}[{i}].").items()}
+        return {k: v for i, sub in enumerate(tree) for k, v in flatten_config(sub, f"{prefix}[{i}].").items()}
     return {prefix[:-1].replace(".[", "["): list(tree) if isinstance(tree, tuple) else tree}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
     """Fields (``section.field``, ``train.stages[0].epochs``) whose values differ between two config dicts
     and that a resume may not change."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten_config(old), flatten_config(new)
     allowed = [re.compile(re.escape(p).replace(r"\[\*\]", r"\[\d+\]") + "$") for p in RESUMABLE]
     return [
         f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
