@@ -417,6 +417,29 @@ def table(records: list[dict], timing: dict) -> str:
     return "\n".join(lines)
 
 
+SIZE_BUCKETS = ("matched", "no_proposal", "low_score")  # the rest (suppressed, mask_miss) are a few %
+
+
+def size_table(records: list[dict]) -> str:
+    """Per run, each size band's shares of fold-3 nuclei matched, without a proposal and lost at a low score
+    (the waterfall's ``by_size``), the bands' nuclei counts in the header (the same fold 3 in every run)."""
+    bands = records[0]["waterfall"]["by_size"]
+    head = " | ".join(f"{band} ({b['nuclei']:,})" for band, b in bands.items())
+    lines = [f"| row | images | seed | {head} |", "|---|---:|---:|" + "---:|" * len(bands)]
+    for r in records:
+        row, seed = parse_run_name(r["name"])
+        by_size = r["waterfall"]["by_size"]
+        if {band: b["nuclei"] for band, b in by_size.items()} != {
+            band: b["nuclei"] for band, b in bands.items()
+        }:
+            raise SystemExit(f"{r['name']} was diagnosed on other nuclei than {records[0]['name']}")
+        cells = " | ".join(
+            " / ".join(f"{b[k] / max(b['nuclei'], 1):.0%}" for k in SIZE_BUCKETS) for b in by_size.values()
+        )
+        lines.append(f"| {row} | {r['images']:,} | {seed} | {cells} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="the consep_train folder")
@@ -494,6 +517,11 @@ row's step and base's are timed in turn in one run (`--time`, {TIME_ROUNDS} roun
 rounds{timed_on}).
 
 {table(records, timing)}
+
+By nucleus size (the square root of its box's area, in input pixels; nuclei of fold 3 in brackets), the
+shares of each band {" / ".join(SIZE_BUCKETS)}:
+
+{size_table(records) if records else "(no runs)"}
 """
     harness.write(args.out, text)
     return 0

@@ -12,6 +12,24 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 def _record(name, threshold, tuning, bpq):
     waterfall = {"nuclei": 20, "no_proposal": 2, "low_score": 4, "suppressed": 1, "mask_miss": 1}
     waterfall["matched"] = 12
+    waterfall["by_size"] = {
+        "< 12 px": {
+            "nuclei": 8,
+            "no_proposal": 2,
+            "low_score": 2,
+            "suppressed": 1,
+            "mask_miss": 0,
+            "matched": 3,
+        },
+        ">= 12 px": {
+            "nuclei": 12,
+            "no_proposal": 0,
+            "low_score": 2,
+            "suppressed": 0,
+            "mask_miss": 1,
+            "matched": 9,
+        },
+    }
     return {
         "name": name,
         "images": 5632,
@@ -53,6 +71,23 @@ def test_the_scoring_page_reports_fold_two_at_the_threshold_it_chose():
     page = scoring_page("python experiments/ablation_learning.py --scoring learning", [result])
     assert "Command: `python experiments/ablation_learning.py --scoring learning`" in page
     assert "| learning | 0.5 | 0.3 | 0.3400 | 0.3100 | 0.500 | 0.800 | 0.750 |" in page
+
+
+def test_the_size_table_gives_each_bands_shares_matched_without_a_proposal_and_at_a_low_score():
+    import pytest
+    from ablation_learning import size_table
+
+    records = [
+        _record("preset-5632", 0.4, {"0.4": 0.3}, 0.3),
+        _record("box1024-5632-seed1", 0.4, {"0.4": 0.3}, 0.3),
+    ]
+    lines = size_table(records).splitlines()
+    assert lines[0] == "| row | images | seed | < 12 px (8) | >= 12 px (12) |"
+    # < 12 px: 3, 2 and 2 of 8; >= 12 px: 9, 0 and 2 of 12
+    assert lines[3] == "| box1024 | 5,632 | 1 | 38% / 25% / 25% | 75% / 0% / 17% |"
+    records[1]["waterfall"]["by_size"]["< 12 px"]["nuclei"] = 9
+    with pytest.raises(SystemExit, match="box1024-5632-seed1 was diagnosed on other nuclei than preset-5632"):
+        size_table(records)
 
 
 def test_a_row_timed_but_not_trained_shows_its_cost_in_the_last_column_alone():
@@ -184,5 +219,7 @@ def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
         for line in out.read_text().splitlines()
         if line.startswith("| preset") or line.startswith("| box")
     ]
-    assert len(rows) == 2 and "| +0.0300 |" in rows[1] and "| 0.400 |" in rows[1]  # delta; last epoch's loss
+    assert len(rows) == 4  # the table, then the sizes'
+    assert "| +0.0300 |" in rows[1] and "| 0.400 |" in rows[1]  # delta; last epoch's loss
+    assert rows[3] == "| box1024 | 5,632 | 0 | 38% / 25% / 25% | 75% / 0% / 17% |"
     assert not (work / "folds").exists()
