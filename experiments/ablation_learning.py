@@ -421,22 +421,27 @@ SIZE_BUCKETS = ("matched", "no_proposal", "low_score")  # the rest (suppressed, 
 
 
 def size_table(records: list[dict]) -> str:
-    """Per run, each size band's shares of fold-3 nuclei matched, without a proposal and lost at a low score
-    (the waterfall's ``by_size``), the bands' nuclei counts in the header (the same fold 3 in every run)."""
-    bands = records[0]["waterfall"]["by_size"]
-    head = " | ".join(f"{band} ({b['nuclei']:,})" for band, b in bands.items())
-    lines = [f"| row | images | seed | {head} |", "|---|---:|---:|" + "---:|" * len(bands)]
+    """Per run, the shares of fold-3 nuclei matched, without a proposal and lost at a low score in each size
+    band (the waterfall's ``by_size``) and among the nuclei the tile's border cuts (``at_border``, empty for
+    runs diagnosed before it was counted), each group's nuclei in the header (one fold 3 in every run)."""
+    groups = dict(records[0]["waterfall"]["by_size"])
+    border = [r["waterfall"]["at_border"] for r in records if "at_border" in r["waterfall"]]
+    if border:
+        groups["cut by the border"] = border[0]
+    head = " | ".join(f"{name} ({g['nuclei']:,})" for name, g in groups.items())
+    lines = [f"| row | images | seed | {head} |", "|---|---:|---:|" + "---:|" * len(groups)]
     for r in records:
         row, seed = parse_run_name(r["name"])
-        by_size = r["waterfall"]["by_size"]
-        if {band: b["nuclei"] for band, b in by_size.items()} != {
-            band: b["nuclei"] for band, b in bands.items()
-        }:
-            raise SystemExit(f"{r['name']} was diagnosed on other nuclei than {records[0]['name']}")
-        cells = " | ".join(
-            " / ".join(f"{b[k] / max(b['nuclei'], 1):.0%}" for k in SIZE_BUCKETS) for b in by_size.values()
-        )
-        lines.append(f"| {row} | {r['images']:,} | {seed} | {cells} |")
+        mine = {**r["waterfall"]["by_size"], "cut by the border": r["waterfall"].get("at_border")}
+        cells = []
+        for name, g in groups.items():
+            if mine[name] is None:
+                cells.append("")
+                continue
+            if mine[name]["nuclei"] != g["nuclei"]:
+                raise SystemExit(f"{r['name']} was diagnosed on other nuclei than {records[0]['name']}")
+            cells.append(" / ".join(f"{mine[name][k] / max(g['nuclei'], 1):.0%}" for k in SIZE_BUCKETS))
+        lines.append(f"| {row} | {r['images']:,} | {seed} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -518,8 +523,9 @@ rounds{timed_on}).
 
 {table(records, timing)}
 
-By nucleus size (the square root of its box's area, in input pixels; nuclei of fold 3 in brackets), the
-shares of each band {" / ".join(SIZE_BUCKETS)}:
+By nucleus size (the square root of its box's area, in input pixels), and for the nuclei whose box reaches
+the tile's border (cut by the tiling): the shares of each group {" / ".join(SIZE_BUCKETS)} (its fold-3
+nuclei in brackets).
 
 {size_table(records) if records else "(no runs)"}
 """

@@ -171,7 +171,8 @@ def waterfall_image(
     Returns:
       (nucleus bucket index into :data:`NUCLEUS_BUCKETS` (N,), predicted bucket index into
       :data:`PREDICTED_BUCKETS` (n_pred,), -1 for matched instances, nucleus box side in input pixels
-      (N,)), nuclei and instances in increasing id order.
+      (N,), whether the nucleus's box touches the image's border (N,): a nucleus the tile cuts), nuclei
+      and instances in increasing id order.
     """
     from maskrcnn.evaluation import overlaps
 
@@ -182,6 +183,8 @@ def waterfall_image(
 
     truth = nucleus_boxes(true_labels, 1.0)
     side = np.sqrt((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]))
+    height, width = true_labels.shape
+    border = (truth[:, :2] <= 0).any(axis=1) | (truth[:, 2] >= height) | (truth[:, 3] >= width)
     truth = truth * scale
     stages = [_best_box_iou(truth, b) >= BOX_IOU for b in (proposals, scored_boxes, kept_boxes)]
     nucleus = np.select(
@@ -199,15 +202,23 @@ def waterfall_image(
         [-1, *(PREDICTED_BUCKETS.index(b) for b in ("fp_merge", "fp_duplicate", "fp_part"))],
         PREDICTED_BUCKETS.index("fp_background"),
     )
-    return nucleus.astype(int), predicted.astype(int), side
+    return nucleus.astype(int), predicted.astype(int), side, border
 
 
 def _size_label(lo, hi) -> str:
     return f"< {hi} px" if lo is None else f">= {lo} px" if hi is None else f"{lo}-{hi} px"
 
 
-def summarise_waterfall(nucleus: np.ndarray, predicted: np.ndarray, side: np.ndarray) -> dict:
-    """Counts of :func:`waterfall_image`'s buckets over a split (concatenated arrays)."""
+def summarise_waterfall(
+    nucleus: np.ndarray, predicted: np.ndarray, side: np.ndarray, border: np.ndarray
+) -> dict:
+    """Counts of :func:`waterfall_image`'s buckets over a split (concatenated arrays); the nucleus buckets
+    also per size band (``by_size``) and for the nuclei cut by the tile's border (``at_border``)."""
+
+    def nucleus_counts(inside):
+        counts = {name: int(np.sum(nucleus[inside] == i)) for i, name in enumerate(NUCLEUS_BUCKETS)}
+        return {"nuclei": int(inside.sum()), **counts}
+
     result = {name: int(np.sum(nucleus == i)) for i, name in enumerate(NUCLEUS_BUCKETS)}
     result.update({name: int(np.sum(predicted == i)) for i, name in enumerate(PREDICTED_BUCKETS)})
     result["nuclei"], result["predicted"] = int(nucleus.size), int(predicted.size)
@@ -219,8 +230,8 @@ def summarise_waterfall(nucleus: np.ndarray, predicted: np.ndarray, side: np.nda
             inside &= side >= lo
         if hi is not None:
             inside &= side < hi
-        counts = {name: int(np.sum(nucleus[inside] == i)) for i, name in enumerate(NUCLEUS_BUCKETS)}
-        result["by_size"][_size_label(lo, hi)] = {"nuclei": int(inside.sum()), **counts}
+        result["by_size"][_size_label(lo, hi)] = nucleus_counts(inside)
+    result["at_border"] = nucleus_counts(border.astype(bool))
     return result
 
 
@@ -271,7 +282,8 @@ def diagnose(config: Config, model, split: str, *, progress: bool = True) -> dic
     Returns:
       dict: every bucket of :data:`NUCLEUS_BUCKETS` and :data:`PREDICTED_BUCKETS` with its count,
       ``nuclei`` and ``predicted`` (their sums), ``by_size`` (the nucleus buckets per box size in input
-      pixels), ``images``, ``split`` and ``detection_min_confidence``.
+      pixels), ``at_border`` (those of the nuclei that the tile's border cuts), ``images``, ``split``
+      and ``detection_min_confidence``.
     """
     from tqdm.auto import tqdm
 
@@ -285,14 +297,14 @@ def diagnose(config: Config, model, split: str, *, progress: bool = True) -> dic
     tile, scale = input_pipeline.PANNUKE_SIZE, config.data.scale
     predict = make_predict_fn(model, (tile, tile), scale, config.model.mask_threshold)
     stages = _stage_program(model)
-    nucleus, predicted, sides, images = [], [], [], 0
+    nucleus, predicted, sides, borders, images = [], [], [], [], 0
     total = len(input_pipeline.open_split(config.data, split))
     bar = tqdm(total=total, desc=f"diagnose {split}", disable=not progress, dynamic_ncols=True)
     for batch in input_pipeline.make_eval_iterator(config, split):
         labels = predict(batch["image"])["labels"]
         out = stages(batch["image"])
         for i in np.nonzero(batch["example_valid"])[0]:
-            n, p, s = waterfall_image(
+            n, p, s, b = waterfall_image(
                 batch["instances"][i],
                 labels[i],
                 scale=scale,
@@ -303,36 +315,35 @@ def diagnose(config: Config, model, split: str, *, progress: bool = True) -> dic
             nucleus.append(n)
             predicted.append(p)
             sides.append(s)
+            borders.append(b)
             images += 1
             bar.update(1)
     bar.close()
-    result = summarise_waterfall(np.concatenate(nucleus), np.concatenate(predicted), np.concatenate(sides))
+    result = summarise_waterfall(*map(np.concatenate, (nucleus, predicted, sides, borders)))
     result.update(images=images, split=split, detection_min_confidence=config.model.detection_min_confidence)
     return result
 
 
 def format_waterfall(result: dict) -> str:
-    """Markdown tables of :func:`diagnose`'s result: nucleus buckets (with their share and per size) and
-    the unmatched predicted instances."""
+    """Markdown tables of :func:`diagnose`'s result: nucleus buckets (with their share, per size and for
+    the nuclei cut by the tile's border) and the unmatched predicted instances."""
     total, predicted = max(result["nuclei"], 1), max(result["predicted"], 1)
-    sizes = list(result["by_size"])
+    groups = dict(result["by_size"])
+    if "at_border" in result:  # absent from a diagnose.json written before it was counted
+        groups["cut by the border"] = result["at_border"]
     lines = [
         f"{result['nuclei']} nuclei in {result['images']} images; detection threshold "
         f"{result['detection_min_confidence']:g}",
         "",
-        "| nuclei: first stage that loses them | count | share | " + " | ".join(sizes) + " |",
-        "|---|---:|---:|" + "---:|" * len(sizes),
+        "| nuclei: first stage that loses them | count | share | " + " | ".join(groups) + " |",
+        "|---|---:|---:|" + "---:|" * len(groups),
     ]
     for name in NUCLEUS_BUCKETS:
-        per_size = [
-            f"{row[name] / max(row['nuclei'], 1):.1%}" for row in (result["by_size"][s] for s in sizes)
-        ]
-        lines.append(
-            f"| {name} | {result[name]} | {result[name] / total:.1%} | " + " | ".join(per_size) + " |"
-        )
+        shares = [f"{g[name] / max(g['nuclei'], 1):.1%}" for g in groups.values()]
+        lines.append(f"| {name} | {result[name]} | {result[name] / total:.1%} | " + " | ".join(shares) + " |")
     lines.append(
         f"| nuclei | {result['nuclei']} | 100% | "
-        + " | ".join(str(result["by_size"][s]["nuclei"]) for s in sizes)
+        + " | ".join(str(g["nuclei"]) for g in groups.values())
         + " |"
     )
     lines += [

@@ -85,6 +85,12 @@ def test_the_size_table_gives_each_bands_shares_matched_without_a_proposal_and_a
     assert lines[0] == "| row | images | seed | < 12 px (8) | >= 12 px (12) |"
     # < 12 px: 3, 2 and 2 of 8; >= 12 px: 9, 0 and 2 of 12
     assert lines[3] == "| box1024 | 5,632 | 1 | 38% / 25% / 25% | 75% / 0% / 17% |"
+    # A run diagnosed since the border was counted: its column, empty for the run before.
+    records[1]["waterfall"]["at_border"] = {"nuclei": 4, "matched": 1, "no_proposal": 2, "low_score": 1}
+    lines = size_table(records).splitlines()
+    assert lines[0].endswith("| >= 12 px (12) | cut by the border (4) |")
+    assert lines[2].endswith("| 75% / 0% / 17% |  |")
+    assert lines[3].endswith("| 75% / 0% / 17% | 25% / 50% / 25% |")
     records[1]["waterfall"]["by_size"]["< 12 px"]["nuclei"] = 9
     with pytest.raises(SystemExit, match="box1024-5632-seed1 was diagnosed on other nuclei than preset-5632"):
         size_table(records)

@@ -109,7 +109,7 @@ def test_waterfall_puts_each_hand_made_nucleus_and_prediction_in_its_bucket():
     proposals = np.stack([boxes[k] for k in (1, 3, 4, 5)])
     scored = np.stack([boxes[k] for k in (1, 4, 5)])
     kept = np.stack([boxes[1], boxes[5]])
-    nucleus, predicted, side = waterfall_image(
+    nucleus, predicted, side, border = waterfall_image(
         truth, pred, scale=scale, proposals=proposals, scored_boxes=scored, kept_boxes=kept
     )
     assert [NUCLEUS_BUCKETS[i] for i in nucleus] == [
@@ -119,29 +119,31 @@ def test_waterfall_puts_each_hand_made_nucleus_and_prediction_in_its_bucket():
         "matched", "fp_duplicate", "fp_merge", "fp_part", "fp_background", "fp_background", "fp_background",
     ]  # fmt: skip
     assert side.tolist() == [10, 10, 10, 10, 10, 6, 6]
+    assert border.tolist() == [False] * 5 + [True] * 2  # F and G start on the top row
 
 
 def test_waterfall_matched_is_the_pq_true_positives_and_the_buckets_sum_up():
-    from maskrcnn.diagnostics import summarise_waterfall, waterfall_image
+    from maskrcnn.diagnostics import NUCLEUS_BUCKETS, summarise_waterfall, waterfall_image
     from maskrcnn.evaluation import panoptic_quality
     from tests.model.helpers import make_instances
 
     rng = np.random.default_rng(3)
-    nuclei, preds, sides, tp = [], [], [], 0
+    nuclei, preds, sides, borders, truths, tp = [], [], [], [], [], 0
     for _ in range(8):
         truth = make_instances(rng, 96, 14, radius=(3, 9))
+        truths.append(truth)
         # A prediction: the truth shifted by a pixel or two, some nuclei dropped, some blobs added.
         pred = np.roll(truth, tuple(rng.integers(-2, 3, 2)), axis=(0, 1))
         pred[np.isin(pred, rng.choice(np.arange(1, 15), 4))] = 0
         blobs = make_instances(rng, 96, 5)
         pred = np.where((pred == 0) & (blobs > 0), 50 + blobs, pred)
         empty = np.zeros((0, 4), np.float32)
-        n, p, s = waterfall_image(
+        n, p, s, b = waterfall_image(
             truth, pred, scale=1.0, proposals=empty, scored_boxes=empty, kept_boxes=empty
         )
-        nuclei.append(n), preds.append(p), sides.append(s)
+        nuclei.append(n), preds.append(p), sides.append(s), borders.append(b)
         tp += panoptic_quality(truth, pred).tp
-    result = summarise_waterfall(np.concatenate(nuclei), np.concatenate(preds), np.concatenate(sides))
+    result = summarise_waterfall(*map(np.concatenate, (nuclei, preds, sides, borders)))
     assert result["matched"] == tp > 0
     assert result["no_proposal"] == result["nuclei"] - tp  # no boxes at all: every other nucleus
     assert (
@@ -153,6 +155,16 @@ def test_waterfall_matched_is_the_pq_true_positives_and_the_buckets_sum_up():
         == result["predicted"]
     )
     assert sum(row["nuclei"] for row in result["by_size"].values()) == result["nuclei"]
+    # The border's nuclei: those whose box reaches the first or last row or column, counted by hand.
+    cut = 0
+    for truth in truths:
+        for k in range(1, truth.max() + 1):
+            rows, cols = np.nonzero(truth == k)
+            cut += len(rows) > 0 and (
+                rows.min() == 0 or cols.min() == 0 or rows.max() == 95 or cols.max() == 95
+            )
+    assert result["at_border"]["nuclei"] == cut > 0
+    assert sum(result["at_border"][k] for k in NUCLEUS_BUCKETS) == cut
 
 
 class _ConstantBoxHead(keras.layers.Layer):
@@ -269,4 +281,5 @@ def test_diagnose_command_writes_buckets_that_sum_up(tmp_path, capsys):
     nucleus_keys = ("no_proposal", "low_score", "suppressed", "mask_miss", "matched")
     assert sum(result[k] for k in nucleus_keys) == result["nuclei"]
     assert "| no_proposal |" in capsys.readouterr().out
+    assert sum(result["at_border"][k] for k in nucleus_keys) == result["at_border"]["nuclei"]
     assert (tmp_path / "d" / "diagnose.md").exists()
