@@ -186,8 +186,11 @@ def test_a_record_that_is_not_its_row_of_today_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="model.roi_canonical_size=56.0"):
         check_record({"name": "base-5632", "overrides": []}, "base-5632.json", str(tmp_path))
     # The preset edited after the run: its record is the old preset, not today's.
-    _trained(tmp_path, "preset-5632", [], model={"box_head_width": 256})
-    with pytest.raises(SystemExit, match=r"model.box_head_width: 256 -> 128\)"):
+    from maskrcnn.config import load_config
+
+    width = load_config("learning").model.box_head_width
+    _trained(tmp_path, "preset-5632", [], model={"box_head_width": 2 * width})
+    with pytest.raises(SystemExit, match=rf"model.box_head_width: {2 * width} -> {width}\)"):
         check_record({"name": "preset-5632", "overrides": []}, "preset-5632.json", str(tmp_path))
     # A field added to the config since (absent from the run's config.json) is not a change.
     _trained(tmp_path, "rpn512-5632", ["model.rpn_train_anchors_per_image=512"])
