@@ -79,12 +79,12 @@ def test_the_size_table_gives_each_bands_shares_matched_without_a_proposal_and_a
 
     records = [
         _record("preset-5632", 0.4, {"0.4": 0.3}, 0.3),
-        _record("box1024-5632-seed1", 0.4, {"0.4": 0.3}, 0.3),
+        _record("box128-5632-seed1", 0.4, {"0.4": 0.3}, 0.3),
     ]
     lines = size_table(records).splitlines()
     assert lines[0] == "| row | images | seed | < 12 px (8) | >= 12 px (12) |"
     # < 12 px: 3, 2 and 2 of 8; >= 12 px: 9, 0 and 2 of 12
-    assert lines[3] == "| box1024 | 5,632 | 1 | 38% / 25% / 25% | 75% / 0% / 17% |"
+    assert lines[3] == "| box128 | 5,632 | 1 | 38% / 25% / 25% | 75% / 0% / 17% |"
     # A run diagnosed since the border was counted: its column, empty for the run before.
     records[1]["waterfall"]["at_border"] = {"nuclei": 4, "matched": 1, "no_proposal": 2, "low_score": 1}
     lines = size_table(records).splitlines()
@@ -92,7 +92,7 @@ def test_the_size_table_gives_each_bands_shares_matched_without_a_proposal_and_a
     assert lines[2].endswith("| 75% / 0% / 17% |  |")
     assert lines[3].endswith("| 75% / 0% / 17% | 25% / 50% / 25% |")
     records[1]["waterfall"]["by_size"]["< 12 px"]["nuclei"] = 9
-    with pytest.raises(SystemExit, match="box1024-5632-seed1 was diagnosed on other nuclei than preset-5632"):
+    with pytest.raises(SystemExit, match="box128-5632-seed1 was diagnosed on other nuclei than preset-5632"):
         size_table(records)
 
 
@@ -135,14 +135,14 @@ def test_the_inference_page_reports_each_variant_at_its_fold_two_threshold():
 def test_a_second_seed_is_its_own_row_against_the_preset_of_its_seed():
     from ablation_learning import parse_run_name, run_name, table
 
-    assert run_name("box1024", 5632) == "box1024-5632"
-    assert run_name("box1024", 5632, 1) == "box1024-5632-seed1"
-    assert parse_run_name("box1024-5632-seed1") == ("box1024", 1)
+    assert run_name("box128", 5632) == "box128-5632"
+    assert run_name("box128", 5632, 1) == "box128-5632-seed1"
+    assert parse_run_name("box128-5632-seed1") == ("box128", 1)
     assert parse_run_name("base-5632") == ("base", 0)
     records = [
         _record("preset-5632", 0.4, {"0.4": 0.35}, 0.30),
         _record("preset-5632-seed1", 0.4, {"0.4": 0.35}, 0.34),
-        _record("box1024-5632-seed1", 0.4, {"0.4": 0.35}, 0.35),
+        _record("box128-5632-seed1", 0.4, {"0.4": 0.35}, 0.35),
         _record("rois256-5632-seed2", 0.4, {"0.4": 0.35}, 0.35),
     ]
     lines = table(records, {}).splitlines()
@@ -152,10 +152,10 @@ def test_a_second_seed_is_its_own_row_against_the_preset_of_its_seed():
     assert [(r[0], r[col["seed"]]) for r in rows] == [
         ("preset", "0"),
         ("preset", "1"),
-        ("box1024", "1"),
+        ("box128", "1"),
         ("rois256", "2"),
     ]
-    # box1024 seed 1 against preset seed 1 (0.34), not preset seed 0 (0.30); no preset of seed 2: no delta
+    # box128 seed 1 against preset seed 1 (0.34), not preset seed 0 (0.30); no preset of seed 2: no delta
     assert rows[2][col["bPQ - preset"]] == "+0.0100"
     assert rows[3][col["bPQ - preset"]] == ""
 
@@ -178,11 +178,11 @@ def test_a_record_that_is_not_its_row_of_today_is_refused(tmp_path):
     import pytest
     from ablation_learning import check_record
 
-    overrides = ["model.box_head_width=1024", "train.seed=1"]
-    _trained(tmp_path, "box1024-5632-seed1", overrides)
-    check_record({"name": "box1024-5632-seed1", "overrides": overrides}, "r", str(tmp_path))
-    with pytest.raises(SystemExit, match=r"without \['train.seed=1'\] of row 'box1024'"):
-        check_record({"name": "box1024-5632-seed1", "overrides": overrides[:1]}, "r", str(tmp_path))
+    overrides = ["model.box_head_width=128", "train.seed=1"]
+    _trained(tmp_path, "box128-5632-seed1", overrides)
+    check_record({"name": "box128-5632-seed1", "overrides": overrides}, "r", str(tmp_path))
+    with pytest.raises(SystemExit, match=r"without \['train.seed=1'\] of row 'box128'"):
+        check_record({"name": "box128-5632-seed1", "overrides": overrides[:1]}, "r", str(tmp_path))
     with pytest.raises(SystemExit, match="model.roi_canonical_size=56.0"):
         check_record({"name": "base-5632", "overrides": []}, "base-5632.json", str(tmp_path))
     # The preset edited after the run: its record is the old preset, not today's.
@@ -210,9 +210,9 @@ def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
     from ablation_learning import main
 
     work = tmp_path / "work"
-    for name, bpq, class_losses in (("preset-5632", 0.30, (0.6, 0.5)), ("box1024-5632", 0.33, (0.5, 0.4))):
+    for name, bpq, class_losses in (("preset-5632", 0.30, (0.6, 0.5)), ("box128-5632", 0.33, (0.5, 0.4))):
         row = name.split("-")[0]
-        overrides = ["model.box_head_width=1024"] if row == "box1024" else []
+        overrides = ["model.box_head_width=128"] if row == "box128" else []
         _trained(work, name, overrides)
         (work / f"{name}.json").write_text(
             json.dumps({**_record(name, 0.4, {"0.4": bpq}, bpq), "overrides": overrides})
@@ -230,5 +230,5 @@ def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
     ]
     assert len(rows) == 4  # the table, then the sizes'
     assert "| +0.0300 |" in rows[1] and "| 0.400 |" in rows[1]  # delta; last epoch's loss
-    assert rows[3] == "| box1024 | 5,632 | 0 | 38% / 25% / 25% | 75% / 0% / 17% |"
+    assert rows[3] == "| box128 | 5,632 | 0 | 38% / 25% / 25% | 75% / 0% / 17% |"
     assert not (work / "folds").exists()
