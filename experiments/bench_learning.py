@@ -25,6 +25,7 @@ import harness
 import learning
 import numpy as np
 
+DEFAULT_WORK = "runs/learning"
 BASELINE_SAMPLE = 96  # training tiles the baseline is tuned on (spread evenly over folds 1 and 2)
 
 
@@ -218,6 +219,7 @@ def command_line(args) -> str:
     """The `make bench-learning` line that repeats this run (its ARGS: what differs from the defaults)."""
     extra = [] if args.config == "learning" else ["--config", args.config]
     extra += [] if args.images == learning.DEFAULT_IMAGES else ["--images", str(args.images)]
+    extra += [] if os.path.abspath(args.work) == os.path.abspath(DEFAULT_WORK) else ["--work", args.work]
     extra += ["--name", args.name] if args.name else []
     extra += [f"--set {s}" for s in args.set]
     if os.path.abspath(args.out) != os.path.abspath(os.path.join(harness.RESULTS, "learning.md")):
@@ -231,7 +233,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--data", required=True, help="the consep_train folder (consep_train.npz, make_pannuke_fold.py)"
     )
-    p.add_argument("--work", default="runs/learning", help="scratch folder for folds, dataset and runs")
+    p.add_argument("--work", default=DEFAULT_WORK, help="scratch folder for folds, dataset and runs")
     p.add_argument("--config", default="learning", help="a preset name or a config file")
     p.add_argument("--images", type=int, default=learning.DEFAULT_IMAGES, help="training budget in images")
     p.add_argument("--name", help="the run's name (default: the config's); its folder is <work>/<name>")

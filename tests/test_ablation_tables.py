@@ -232,3 +232,20 @@ def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
     assert "| +0.0300 |" in rows[1] and "| 0.400 |" in rows[1]  # delta; last epoch's loss
     assert rows[3] == "| box128 | 5,632 | 0 | 38% / 25% / 25% | 75% / 0% / 17% |"
     assert not (work / "folds").exists()
+
+
+def test_bench_learnings_command_line_repeats_the_run_with_every_option_that_differs():
+    import argparse
+
+    import harness
+    from bench_learning import command_line
+
+    args = argparse.Namespace(
+        data="/d", work="runs/learning", config="learning", images=5632, name=None, set=[], out=None
+    )
+    args.out = os.path.join(harness.RESULTS, "learning.md")
+    assert command_line(args) == "make bench-learning DATA=/d"
+    args.work, args.name, args.set = "runs/ablation", "preset-5632", ["train.seed=1"]
+    assert command_line(args) == (
+        'make bench-learning DATA=/d ARGS="--work runs/ablation --name preset-5632 --set train.seed=1"'
+    )
