@@ -373,7 +373,7 @@ def table(records: list[dict], timing: dict) -> str:
         return r["images"], parse_run_name(r["name"])[1]
 
     reference = {
-        budget_and_seed(r): r["fold3"]["bpq"] for r in records if r["name"].startswith(f"{REFERENCE}-")
+        budget_and_seed(r): r["fold3"]["bpq"] for r in records if parse_run_name(r["name"])[0] == REFERENCE
     }
     lines = [
         f"| row | change | images | seed | fold-2 bPQ | bPQ | bPQ - {REFERENCE} | recall | precision | DQ "

@@ -328,9 +328,7 @@ def format_waterfall(result: dict) -> str:
     """Markdown tables of :func:`diagnose`'s result: nucleus buckets (with their share, per size and for
     the nuclei cut by the tile's border) and the unmatched predicted instances."""
     total, predicted = max(result["nuclei"], 1), max(result["predicted"], 1)
-    groups = dict(result["by_size"])
-    if "at_border" in result:  # absent from a diagnose.json written before it was counted
-        groups["cut by the border"] = result["at_border"]
+    groups = {**result["by_size"], "cut by the border": result["at_border"]}
     lines = [
         f"{result['nuclei']} nuclei in {result['images']} images; detection threshold "
         f"{result['detection_min_confidence']:g}",
