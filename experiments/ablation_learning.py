@@ -56,6 +56,11 @@ ROWS = [
         "one anchor octave a level and IoU assignment 0.7/0.3 (before issue 15)",
         ["model.anchor_octaves=(1.0,)", "model.rpn_assignment='iou'"],
     ),
+    (
+        "iou3",
+        "IoU assignment 0.7/0.3 instead of ATSS, three octaves kept (`iou1` without its octave change)",
+        ["model.rpn_assignment='iou'"],
+    ),
     ("scale2", "input upscaled 2x: 512 px, anchors and ROI levels follow", ["data.scale=2.0"]),
     (
         "p2",
