@@ -17,7 +17,8 @@ shares the machine's state; a row timed again replaces its earlier ratio, the ot
 ``--scoring RUN ...`` scores trained runs of the work folder with the RPN's objectness
 (``model.detection_objectness_weight``, chosen with the threshold on fold 2) and writes
 ``experiments/results/learning_scoring.md`` (``--scoring-out``) alone; ``--inference RUN ...`` scores them
-with each of ``INFERENCE_VARIANTS`` (more proposals, test-time flips, rescoring; chosen the same way) and
+with each of ``INFERENCE_VARIANTS`` (``--variants``: some of them; more proposals, the RPN's NMS, test-time
+flips, rescoring; chosen the same way, with the fold-3 waterfall's no_proposal and low_score shares) and
 writes ``experiments/results/learning_inference.md`` (``--inference-out``) alone.
 """
 
@@ -112,6 +113,11 @@ INFERENCE_VARIANTS = [
         {"post_nms_rois_inference": 1536},
     ),
     (
+        "rpnnms05",
+        "the RPN's NMS at IoU 0.5 (0.7): the 768 proposals spread over more nuclei",
+        {"rpn_nms_threshold": 0.5},
+    ),
+    (
         "flips",
         "test-time flips: four mirrored views, boxes voted, masks averaged (`model.test_time_flips`)",
         {"test_time_flips": True},
@@ -123,6 +129,7 @@ INFERENCE_VARIANTS = [
         {"rescore_refined_boxes": True},
     ),
 ]
+INFERENCE_NAMES = [name for name, _, _ in INFERENCE_VARIANTS]
 INFERENCE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 
 
@@ -186,12 +193,14 @@ def time_rows(data: str, work: str, rows: list[str], extra: list[str]) -> dict:
 
 def sweep(work: str, run: str, variants: dict[str, dict], thresholds, folder: str) -> dict:
     """Inference-only variants of a trained run: for each (name -> model fields to set), the fold-2 bPQ at
-    every threshold, then fold 3 at the best of them (bPQ, recall, precision, SQ, and the seconds its
-    evaluation took). Scratch outputs go to ``<work>/<run>/<folder>/<name>-<threshold|fold3>``; a fold-2
+    every threshold, then fold 3 at the best of them (bPQ, recall, precision, SQ, the seconds its
+    evaluation took, and the shares of its nuclei that ``maskrcnn diagnose`` finds without a proposal or
+    lost to low scores). Scratch outputs go to ``<work>/<run>/<folder>/<name>-<threshold|fold3>``; a fold-2
     evaluation already there is read back."""
     import dataclasses
     import time
 
+    from maskrcnn.diagnostics import diagnose
     from maskrcnn.inference import evaluate
     from maskrcnn.train.workdir import load_trained
 
@@ -218,12 +227,15 @@ def sweep(work: str, run: str, variants: dict[str, dict], thresholds, folder: st
         metrics, scratch, seconds = score(name, fields, best, 3, "fold3")
         with np.load(os.path.join(scratch, "predictions.npz")) as saved:
             rates = learning.detection_rates(saved["true_instances"], saved["pred_instances"])
+        m = dataclasses.replace(config.model, **fields, detection_min_confidence=best)
+        lost = diagnose(dataclasses.replace(config, model=m), model, folds[3], progress=False)
         out[name] = {
             "fold2": {f"{t:g}": v for t, v in fold2.items()},
             "threshold": best,
             "bpq": metrics["bpq"],
             "eval_seconds": seconds,
             **rates,
+            **{k: lost[k] / max(lost["nuclei"], 1) for k in ("no_proposal", "low_score")},
         }
         print(run, name, best, out[name], flush=True)
     return out
@@ -249,29 +261,40 @@ def scoring(work: str, run: str) -> dict:
     )
 
 
-def inference(work: str, run: str) -> dict:
-    """:data:`INFERENCE_VARIANTS` of ``run``, chosen on fold 2. Cached in ``<work>/inference-<run>.json``."""
-    variants = {name: fields for name, _, fields in INFERENCE_VARIANTS}
-    return cached(
-        os.path.join(work, f"inference-{run}.json"),
-        lambda: {"run": run, "variants": sweep(work, run, variants, INFERENCE_THRESHOLDS, "inference")},
-    )
+def inference(work: str, run: str, names: list[str]) -> dict:
+    """The :data:`INFERENCE_VARIANTS` ``names`` of ``run``, chosen on fold 2. Kept in
+    ``<work>/inference-<run>.json``, each variant with where it ran; a variant found there is read back, the
+    others are swept and added."""
+    path = os.path.join(work, f"inference-{run}.json")
+    done = json.load(open(path)) if os.path.exists(path) else {"run": run, "variants": {}}
+    todo = {name: fields for name, _, fields in INFERENCE_VARIANTS if name in names}
+    todo = {name: fields for name, fields in todo.items() if name not in done["variants"]}
+    if todo:
+        swept = sweep(work, run, todo, INFERENCE_THRESHOLDS, "inference")
+        done["variants"].update({name: {**v, **harness.where()} for name, v in swept.items()})
+        with open(path, "w") as f:
+            json.dump(done, f, indent=1, default=float)
+    return {"run": run, "variants": {n: done["variants"][n] for n in names if n in done["variants"]}}
 
 
-SWEEP_COLUMNS = "threshold (best on fold 2) | fold-2 bPQ | fold-3 bPQ | recall | precision | SQ"
+SWEEP_COLUMNS = (
+    "threshold (best on fold 2) | fold-2 bPQ | fold-3 bPQ | recall | precision | SQ | no_proposal | low_score"
+)
 
 
 def sweep_cells(v: dict) -> str:
-    """The :data:`SWEEP_COLUMNS` cells of one variant of :func:`sweep`."""
+    """The :data:`SWEEP_COLUMNS` cells of one variant of :func:`sweep` (the waterfall's blank for a sweep
+    cached before it was recorded)."""
     on_fold2 = v["fold2"][f"{v['threshold']:g}"]
+    lost = " | ".join(f"{v[k]:.1%}" if k in v else "" for k in ("no_proposal", "low_score"))
     return (
         f"{v['threshold']:g} | {on_fold2:.4f} | {v['bpq']:.4f} | {v['recall']:.3f} | {v['precision']:.3f} "
-        f"| {v['sq']:.3f}"
+        f"| {v['sq']:.3f} | {lost}"
     )
 
 
 def scoring_table(results: list[dict]) -> str:
-    lines = [f"| run | objectness weight | {SWEEP_COLUMNS} |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| run | objectness weight | {SWEEP_COLUMNS} |", "|---|---:|" + "---:|" * 8]
     for r in results:
         for weight, w in r["weights"].items():
             lines.append(f"| {r['run']} | {weight} | {sweep_cells(w)} |")
@@ -297,7 +320,7 @@ def inference_page(command: str, results: list[dict]) -> str:
     what = {name: change for name, change, _ in INFERENCE_VARIANTS}
     lines = [
         f"| run | variant | change | {SWEEP_COLUMNS} | fold-3 evaluation (s) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|" + "---:|" * 9,
     ]
     for r in results:
         for name, v in r["variants"].items():
@@ -313,8 +336,10 @@ Each variant changes one inference setting of a run trained by `experiments/lear
 `<row>-<images>` runs: `experiments/results/learning_ablation_fold2.md`); nothing is trained again. For each,
 the threshold of {", ".join(map(str, INFERENCE_THRESHOLDS))} with the best bPQ on fold 2 (a training fold) is
 used on fold 3, and a variant is kept or dropped by its fold-2 bPQ. Recall, precision and SQ are fold 3's,
-at that threshold; the evaluation time is the whole fold-3 evaluation (inference, label maps and metrics
-of its tiles) on the device of the header, each timed alone.
+at that threshold; no_proposal and low_score are the shares of fold-3 nuclei that `maskrcnn diagnose` finds
+with no proposal at box IoU >= 0.5, and lost to low scores, at that threshold (blank where a variant was
+swept before they were recorded); the evaluation time is the whole fold-3 evaluation (inference, label
+maps and metrics of its tiles) on the device of the header, each timed alone.
 
 {table}
 """
@@ -458,6 +483,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(harness.RESULTS, "learning_ablation.md"))
     p.add_argument("--scoring-out", default=os.path.join(harness.RESULTS, "learning_scoring.md"))
     p.add_argument("--inference", nargs="*", metavar="RUN", help="score trained runs' inference variants")
+    p.add_argument(
+        "--variants", nargs="*", choices=INFERENCE_NAMES, help="with --inference: these (default: all)"
+    )
     p.add_argument("--inference-out", default=os.path.join(harness.RESULTS, "learning_inference.md"))
     args = p.parse_args(argv)
     work = os.path.abspath(args.work)
@@ -474,7 +502,8 @@ def main(argv=None) -> int:
         harness.write(args.scoring_out, scoring_page(command, results))
         return 0
     elif args.inference:
-        results = [inference(work, run) for run in args.inference]
+        names = args.variants or INFERENCE_NAMES
+        results = [inference(work, run, names) for run in args.inference]
         harness.write(args.inference_out, inference_page(command, results))
         return 0
     elif not args.page:

@@ -128,8 +128,15 @@ def test_the_inference_page_reports_each_variant_at_its_fold_two_threshold():
     page = inference_page("python experiments/ablation_learning.py --inference base-5632", [result])
     row = [line for line in page.splitlines() if line.startswith("| base-5632 | flips |")][0]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[3:] == ["0.4", "0.3800", "0.3900", "0.500", "0.800", "0.750", "61"]
+    assert cells[3:] == ["0.4", "0.3800", "0.3900", "0.500", "0.800", "0.750", "", "", "61"]
     assert "model.test_time_flips" in cells[2]
+    # A sweep that followed the nuclei through diagnose: its no_proposal and low_score shares.
+    result["variants"]["flips"].update(no_proposal=0.1234, low_score=0.2)
+    page = inference_page("python experiments/ablation_learning.py --inference base-5632", [result])
+    row = [line for line in page.splitlines() if line.startswith("| base-5632 | flips |")][0]
+    assert [c.strip() for c in row.strip("|").split("|")][-3:] == ["12.3%", "20.0%", "61"]
+    header = [line for line in page.splitlines() if line.startswith("| run |")][0]
+    assert header.count("|") == row.count("|")
 
 
 def test_a_second_seed_is_its_own_row_against_the_preset_of_its_seed():
@@ -249,3 +256,25 @@ def test_bench_learnings_command_line_repeats_the_run_with_every_option_that_dif
     assert command_line(args) == (
         'make bench-learning DATA=/d ARGS="--work runs/ablation --name preset-5632 --set train.seed=1"'
     )
+
+
+def test_inference_sweeps_only_the_variants_it_has_not_kept(tmp_path, monkeypatch):
+    import ablation_learning
+
+    kept = {"run": "preset-5632", "variants": {"as trained": {"bpq": 0.40}}, "commit": "old"}
+    (tmp_path / "inference-preset-5632.json").write_text(json.dumps(kept))
+    asked = []
+
+    def sweep(work, run, variants, thresholds, folder):
+        asked.append(dict(variants))
+        return {name: {"bpq": 0.41} for name in variants}
+
+    monkeypatch.setattr(ablation_learning, "sweep", sweep)
+    out = ablation_learning.inference(str(tmp_path), "preset-5632", ["rpnnms05", "as trained"])
+    assert asked == [{"rpnnms05": {"rpn_nms_threshold": 0.5}}]
+    assert list(out["variants"]) == ["rpnnms05", "as trained"]  # in the order asked
+    assert out["variants"]["as trained"] == {"bpq": 0.40}
+    saved = json.loads((tmp_path / "inference-preset-5632.json").read_text())
+    assert saved["variants"]["rpnnms05"]["bpq"] == 0.41 and "commit" in saved["variants"]["rpnnms05"]
+    ablation_learning.inference(str(tmp_path), "preset-5632", ["rpnnms05", "as trained"])
+    assert len(asked) == 1  # both kept now: nothing swept again
