@@ -113,6 +113,12 @@ INFERENCE_VARIANTS = [
         {"post_nms_rois_inference": 1536},
     ),
     (
+        "proposals1536pre3000",
+        "1,536 proposals a tile from the 3,000 best anchors of each level (768 from 1,000): the budget of "
+        "proposals as a whole",
+        {"post_nms_rois_inference": 1536, "pre_nms_limit": 3000},
+    ),
+    (
         "rpnnms05",
         "the RPN's NMS at IoU 0.5 (0.7): the 768 proposals spread over more nuclei",
         {"rpn_nms_threshold": 0.5},
