@@ -213,17 +213,20 @@ def sweep(work: str, run: str, variants: dict[str, dict], thresholds, folder: st
     config, model = load_trained(os.path.join(work, run))
     folds = {k: os.path.join(work, "folds", f"Fold {k}") for k in (2, 3)}
 
-    def score(name, fields, threshold, fold, tag):
+    def variant(fields, threshold):
+        """The run's config with ``fields`` at ``threshold``, the model switched to it."""
         m = dataclasses.replace(config.model, **fields, detection_min_confidence=threshold)
         model.set_inference_config(m)
+        return dataclasses.replace(config, model=m)
+
+    def score(name, fields, threshold, fold, tag):
+        scored = variant(fields, threshold)
         scratch = os.path.join(work, run, folder, f"{name}-{tag}")
         done = os.path.join(scratch, "metrics.json")
         if fold == 2 and os.path.exists(done):  # a fold-2 evaluation of an earlier sweep (fold 3 is timed)
             return json.load(open(done)), scratch, None
         start = time.perf_counter()
-        metrics = evaluate(
-            dataclasses.replace(config, model=m), model, folds[fold], scratch, max_overlays=0, progress=False
-        )
+        metrics = evaluate(scored, model, folds[fold], scratch, max_overlays=0, progress=False)
         return metrics, scratch, time.perf_counter() - start
 
     out = {}
@@ -233,8 +236,7 @@ def sweep(work: str, run: str, variants: dict[str, dict], thresholds, folder: st
         metrics, scratch, seconds = score(name, fields, best, 3, "fold3")
         with np.load(os.path.join(scratch, "predictions.npz")) as saved:
             rates = learning.detection_rates(saved["true_instances"], saved["pred_instances"])
-        m = dataclasses.replace(config.model, **fields, detection_min_confidence=best)
-        lost = diagnose(dataclasses.replace(config, model=m), model, folds[3], progress=False)
+        lost = diagnose(variant(fields, best), model, folds[3], progress=False)
         out[name] = {
             "fold2": {f"{t:g}": v for t, v in fold2.items()},
             "threshold": best,
@@ -273,8 +275,7 @@ def inference(work: str, run: str, names: list[str]) -> dict:
     others are swept and added."""
     path = os.path.join(work, f"inference-{run}.json")
     done = json.load(open(path)) if os.path.exists(path) else {"run": run, "variants": {}}
-    todo = {name: fields for name, _, fields in INFERENCE_VARIANTS if name in names}
-    todo = {name: fields for name, fields in todo.items() if name not in done["variants"]}
+    todo = {n: fields for n, _, fields in INFERENCE_VARIANTS if n in names and n not in done["variants"]}
     if todo:
         swept = sweep(work, run, todo, INFERENCE_THRESHOLDS, "inference")
         done["variants"].update({name: {**v, **harness.where()} for name, v in swept.items()})
