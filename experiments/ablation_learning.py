@@ -79,6 +79,11 @@ ROWS = [
         "a sampled ROI is foreground from box IoU 0.4 with a nucleus (0.5)",
         ["model.roi_positive_iou=0.4"],
     ),
+    (
+        "posnuc",
+        "the sampled positives drawn evenly over the nuclei, not over their proposals (uniform)",
+        ["model.roi_positive_sampling='per_nucleus'"],
+    ),
     ("box128", "box head 128 wide (1024): the preset before 2026-12-06", ["model.box_head_width=128"]),
     (
         "rpn512",

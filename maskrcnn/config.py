@@ -136,6 +136,10 @@ class ModelConfig:
     # A sampled ROI is foreground at box IoU >= this with a nucleus, background below it (Fast R-CNN's and
     # Matterport's 0.5); its box and mask targets are that nucleus's.
     roi_positive_iou: float = 0.5
+    # How the sampled positives are drawn (maskrcnn.targets.sample_rois): "uniform" (Matterport,
+    # torchvision: a nucleus weighs by its positive candidates, more for a larger one) or "per_nucleus"
+    # (every nucleus the same weight, so a dense tile's positives cover more of its nuclei).
+    roi_positive_sampling: str = "uniform"
     add_gt_as_proposals: bool = False  # Detectron's default; Matterport does not
     pool_size: int = 7
     mask_pool_size: int = 14
@@ -400,6 +404,12 @@ def validate(config: Config) -> list[str]:
         "model.rpn_assignment",
         m.rpn_assignment,
         "must be 'iou' or 'atss'",
+    )
+    rule(
+        m.roi_positive_sampling in ("uniform", "per_nucleus"),
+        "model.roi_positive_sampling",
+        m.roi_positive_sampling,
+        "must be 'uniform' or 'per_nucleus'",
     )
     unit("model.rpn_positive_iou", m.rpn_positive_iou)
     unit("model.rpn_negative_iou", m.rpn_negative_iou)

@@ -15,14 +15,17 @@ import jax.numpy as jnp
 from maskrcnn.ops import BOX_STD, encode_boxes, pairwise_iou, roi_align
 
 
-def random_subset(candidates, max_count: int, key, limit=None):
-    """Marks a uniformly random subset of the True entries of ``candidates``.
+def random_subset(candidates, max_count: int, key, limit=None, weights=None):
+    """Marks a random subset of the True entries of ``candidates``, uniform or weighted.
 
     Args:
       candidates: bool (N,).
       max_count: static upper bound on the subset size.
       key: a ``jax.random`` key.
       limit: optional int32 scalar (traced) further capping the subset size.
+      weights: optional float (N,), positive on the candidates: draw without replacement with
+        probabilities proportional to them (Efraimidis and Spirakis 2006: the largest keys u^(1/w), taken
+        in log form, log(u) / w). None draws uniformly.
 
     Returns:
       bool (N,): ``min(sum(candidates), max_count, limit)`` entries, all of them candidates.
@@ -31,9 +34,16 @@ def random_subset(candidates, max_count: int, key, limit=None):
     k = min(max_count, n)
     if k == 0:
         return jnp.zeros_like(candidates)
-    priority = jnp.where(candidates, jax.random.uniform(key, (n,)), -1.0)
+    if weights is None:
+        unchosen = -1.0
+        priority = jnp.where(candidates, jax.random.uniform(key, (n,)), unchosen)
+    else:
+        # log(u) / w < 0, finite for u in [tiny, 1): -inf marks the entries that are not candidates.
+        unchosen = -jnp.inf
+        u = jax.random.uniform(key, (n,), minval=jnp.finfo(jnp.float32).tiny)
+        priority = jnp.where(candidates, jnp.log(u) / jnp.where(candidates, weights, 1.0), unchosen)
     top, idx = jax.lax.top_k(priority, k)
-    keep = top >= 0
+    keep = top > unchosen
     if limit is not None:
         keep &= jnp.arange(k) < limit
     return jnp.zeros((n,), bool).at[idx].set(keep)
@@ -283,6 +293,7 @@ def sample_rois(
     mask_size: int = 28,
     mini_masks: bool = True,
     add_gt_as_proposals: bool = False,
+    positive_sampling: str = "uniform",
     std=BOX_STD,
     ignore_boxes=None,
     ignore_valid=None,
@@ -303,6 +314,10 @@ def sample_rois(
       key: ``jax.random`` key.
       add_gt_as_proposals: also offer the ground-truth boxes as candidates (Detectron's default); helps
         the heads train while the RPN is still poor.
+      positive_sampling: ``"uniform"`` draws the positives uniformly (Matterport, torchvision), so a
+        nucleus weighs by its number of positive candidates, which grows with its size; ``"per_nucleus"``
+        draws each with probability proportional to 1 / (its nucleus's positive candidates), every nucleus
+        the same total weight: a tile denser than its positive slots spreads them over more nuclei.
       ignore_boxes, ignore_valid: optional (G, 4) and (G,): ground truth the input pipeline had no slot
         for; a candidate at IoU >= ``positive_iou`` with one of them is never a negative (Matterport's
         crowd boxes play this part).
@@ -326,7 +341,13 @@ def sample_rois(
     if ignore_boxes is not None:
         negative &= _max_iou(candidates, ignore_boxes, ignore_valid) < positive_iou
     key_pos, key_neg = jax.random.split(key)
-    positive = random_subset(positive, positive_slots(num_rois, positive_fraction), key_pos)
+    weights = None
+    if positive_sampling == "per_nucleus":
+        per_nucleus = jnp.zeros(gt_boxes.shape[:1]).at[best_gt].add(positive.astype(jnp.float32))
+        weights = 1.0 / jnp.maximum(per_nucleus[best_gt], 1.0)
+    elif positive_sampling != "uniform":
+        raise ValueError(f"positive_sampling={positive_sampling!r}: must be 'uniform' or 'per_nucleus'")
+    positive = random_subset(positive, positive_slots(num_rois, positive_fraction), key_pos, weights=weights)
     negative = random_subset(negative, num_rois, key_neg, limit=num_rois - positive.sum())
 
     # Gather the chosen candidates into num_rois slots, positives first (top_k keeps index order on ties).

@@ -194,6 +194,80 @@ def test_roi_sampling_caps_positives_at_the_ratio():
     assert np.asarray(rois["valid"]).all()
 
 
+def test_weighted_random_subset_draws_in_proportion_to_the_weights():
+    # One draw among four candidates of weights 1, 1, 2, 4 (a fifth entry is no candidate): the chosen
+    # one is i with probability w_i / 8 (Efraimidis and Spirakis); 8,000 draws, binomial sd <= 0.006.
+    candidates = jnp.array([True, True, True, True, False])
+    weights = jnp.array([1.0, 1.0, 2.0, 4.0, 100.0])
+    draw = jax.jit(jax.vmap(lambda key: targets.random_subset(candidates, 1, key, weights=weights)))
+    chosen = np.asarray(draw(jax.random.split(KEY, 8000)))
+    assert (chosen.sum(axis=1) == 1).all()
+    np.testing.assert_allclose(chosen.mean(axis=0), [1 / 8, 1 / 8, 2 / 8, 4 / 8, 0], atol=0.025)
+    # All the candidates when there are fewer than the slots, and a traced limit caps the count.
+    every = targets.random_subset(candidates, 5, KEY, weights=weights)
+    assert np.asarray(every).tolist() == [True, True, True, True, False]
+    assert int(targets.random_subset(candidates, 5, KEY, limit=jnp.int32(2), weights=weights).sum()) == 2
+
+
+def test_per_nucleus_sampling_spreads_the_positives_over_the_nuclei():
+    # A large nucleus with 30 positive proposals and ten small ones with one each (their own boxes), 11
+    # positive slots (round(33 * 0.33)). Uniform: each of the 40 positives is drawn with probability
+    # 11/40, so 1 + 10 * 11/40 = 3.75 nuclei are covered on average. Per nucleus: the ten small ones each
+    # weigh 1 against 1/30 for every proposal of the large one: compared with the obvious sequential draw
+    # (one at a time, in proportion to the weights left), about 9.9 of the 11 on average.
+    large = jnp.array([[0.0, 0.0, 60.0, 60.0]])
+    small = jnp.array([[70.0 + 12 * i, 70.0, 78.0 + 12 * i, 78.0] for i in range(10)])
+    gt = jnp.concatenate([large, small])
+    shifts = jnp.arange(30, dtype=jnp.float32)[:, None] * jnp.array([0.1, 0.1, 0.1, 0.1])
+    background = jnp.array([[200.0, 200.0, 210.0, 210.0]] * 30)
+    proposals = jnp.concatenate([large + shifts, small, background])
+    covered = {}
+    for rule in ("uniform", "per_nucleus"):
+        sample = jax.jit(
+            jax.vmap(
+                lambda key, rule=rule: targets.sample_rois(
+                    proposals,
+                    jnp.ones(70, bool),
+                    gt,
+                    jnp.ones(11, jnp.int32),
+                    jnp.ones((11, 4, 4)),
+                    jnp.ones(11, bool),
+                    key,
+                    num_rois=33,
+                    positive_fraction=0.33,
+                    mask_size=4,
+                    positive_sampling=rule,
+                )
+            )
+        )
+        rois = sample(jax.random.split(KEY, 400))
+        positive = np.asarray(rois["positive"])
+        assert (positive.sum(axis=1) == 11).all()
+        best = np.asarray(pairwise_iou(rois["rois"].reshape(-1, 4), gt)).argmax(axis=1).reshape(400, 33)
+        covered[rule] = np.mean([len(set(b[p])) for b, p in zip(best, positive, strict=True)])
+    assert 3.3 < covered["uniform"] < 4.2
+    rng, weights = np.random.default_rng(0), np.array([1 / 30] * 30 + [1.0] * 10)
+    left, nucleus = np.ones((4000, 40)), np.array([0] * 30 + list(range(1, 11)))
+    for _ in range(11):
+        cumulative = np.cumsum(left * weights, axis=1)
+        pick = (cumulative < rng.uniform(size=(4000, 1)) * cumulative[:, -1:]).sum(axis=1)
+        left[np.arange(4000), pick] = 0
+    sequential = np.mean([len(set(nucleus[row == 0])) for row in left])
+    assert abs(covered["per_nucleus"] - sequential) < 0.15  # sd of the mean of 400 draws: about 0.04
+    with pytest.raises(ValueError, match="positive_sampling='size'"):
+        targets.sample_rois(
+            proposals,
+            jnp.ones(70, bool),
+            gt,
+            jnp.ones(11, jnp.int32),
+            jnp.ones((11, 4, 4)),
+            jnp.ones(11, bool),
+            KEY,
+            num_rois=33,
+            positive_sampling="size",
+        )
+
+
 @pytest.mark.parametrize("grow", [0.0, 2.0, 3.5])
 def test_mask_targets_from_mini_masks_equal_those_from_full_masks(grow):
     # A 14x14 box and a 14x14 mini-mask: the mini-mask is the crop itself, so any difference in the

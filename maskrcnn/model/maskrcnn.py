@@ -336,6 +336,7 @@ class MaskRCNN(keras.Model):
                 mask_size=cfg.mask_size,
                 mini_masks=self.mini_masks,
                 add_gt_as_proposals=cfg.add_gt_as_proposals,
+                positive_sampling=cfg.roi_positive_sampling,
             )
         )(
             proposals,
