@@ -84,6 +84,16 @@ ROWS = [
         "the sampled positives drawn evenly over the nuclei, not over their proposals (uniform)",
         ["model.roi_positive_sampling='per_nucleus'"],
     ),
+    (
+        "props3000",
+        "proposals from the 3,000 best anchors a level (1,000): 1,024 a tile in training (512), 1,536 in "
+        "inference (768)",
+        [
+            "model.pre_nms_limit=3000",
+            "model.post_nms_rois_training=1024",
+            "model.post_nms_rois_inference=1536",
+        ],
+    ),
     ("box128", "box head 128 wide (1024): the preset before 2026-12-06", ["model.box_head_width=128"]),
     (
         "rpn512",
