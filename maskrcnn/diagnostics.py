@@ -353,3 +353,123 @@ def format_waterfall(result: dict) -> str:
     lines += [f"| {name} | {result[name]} | {result[name] / predicted:.1%} |" for name in PREDICTED_BUCKETS]
     lines.append(f"| predicted | {result['predicted']} | 100% |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Which nuclei the box head learns from: the sampled positives (`model.roi_positive_sampling`)
+
+
+def sampled_nuclei(proposals, proposal_valid, truth, truth_valid, key, config, *, rule: str, draws: int):
+    """For one tile, which nuclei the training ROI sampler gives at least one positive ROI, in each of
+    ``draws`` draws: bool (draws, M). ``proposals`` (P, 4) and ``truth`` (M, 4) are model-resolution boxes;
+    the sampler is :func:`maskrcnn.targets.sample_rois` with the config's ROI settings and ``rule``."""
+    m = config.model
+    masks = jnp.zeros((truth.shape[0], 2, 2))  # the mask targets play no part in which ROIs are drawn
+
+    def one(draw_key):
+        rois = targets.sample_rois(
+            proposals,
+            proposal_valid,
+            truth,
+            jnp.ones(truth.shape[:1], jnp.int32),
+            masks,
+            truth_valid,
+            draw_key,
+            num_rois=m.train_rois_per_image,
+            positive_fraction=m.roi_positive_ratio,
+            positive_iou=m.roi_positive_iou,
+            mask_size=2,
+            add_gt_as_proposals=m.add_gt_as_proposals,
+            positive_sampling=rule,
+        )
+        iou = jnp.where(truth_valid[None, :], pairwise_iou(rois["rois"], truth), -1.0)
+        return jnp.zeros(truth.shape[:1], bool).at[iou.argmax(axis=1)].max(rois["positive"])
+
+    return jax.vmap(one)(jax.random.split(key, draws))
+
+
+def positive_coverage(
+    config: Config,
+    model,
+    split: str,
+    *,
+    rules=("uniform", "per_nucleus"),
+    draws: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """How many of a split's nuclei one training step's sampled ROIs teach the box head as nuclei, for each
+    rule of drawing the positives: the share of the nuclei with at least one positive ROI in a draw (the
+    mean over ``draws`` draws a tile), overall and per size band (the box side in input pixels, as
+    :func:`diagnose`). The proposals are ``model``'s at training time (``post_nms_rois_training`` of
+    them; the network in inference mode), the nuclei those of the tiles, un-augmented.
+
+    Returns:
+      dict: ``nuclei``, ``images``, ``positive_slots`` (the most positives a tile gets), and per rule a
+      dict with ``covered`` (share) and ``by_size`` (label -> share), plus ``nuclei_by_size``.
+    """
+    from tqdm.auto import tqdm
+
+    size = (config.data.image_size,) * 2
+    slots = config.data.max_instances
+    variables = model.trainable_variables + model.non_trainable_variables
+
+    @functools.partial(jax.jit, static_argnames="rule")
+    def run(values, images, truth, truth_valid, key, rule):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            logits, deltas = model.rpn_head(model.features(images))
+            boxes, _, valid = model.proposals(logits, deltas, size, training=True)
+        sample = functools.partial(sampled_nuclei, config=config, rule=rule, draws=draws)
+        keys = jax.random.split(key, images.shape[0])
+        return jax.vmap(sample)(boxes, valid, truth, truth_valid, keys).mean(axis=1)  # (B, M)
+
+    values = [v.value for v in variables]
+    shares = {rule: [] for rule in rules}
+    sides, images = [], 0
+    key = jax.random.PRNGKey(seed)
+    total = len(input_pipeline.open_split(config.data, split))
+    bar = tqdm(total=total, desc=f"positives {split}", disable=not progress, dynamic_ncols=True)
+    for batch in input_pipeline.make_eval_iterator(config, split):
+        count = len(batch["image"])
+        truth = np.zeros((count, slots, 4), np.float32)
+        truth_valid = np.zeros((count, slots), bool)
+        for i in range(count):
+            boxes = nucleus_boxes(batch["instances"][i], batch["scale"][i])[:slots]
+            truth[i, : len(boxes)], truth_valid[i, : len(boxes)] = boxes, True
+        key, step = jax.random.split(key)
+        out = {
+            rule: jax.device_get(run(values, batch["image"], truth, truth_valid, step, rule))
+            for rule in rules
+        }
+        for i in np.nonzero(batch["example_valid"])[0]:
+            n = int(truth_valid[i].sum())
+            box = truth[i, :n] / batch["scale"][i]
+            sides.append(np.sqrt((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])))
+            for rule in rules:
+                shares[rule].append(out[rule][i, :n])
+            images += 1
+            bar.update(1)
+    bar.close()
+    side = np.concatenate(sides)
+    edges = (None, *SIZE_BINS, None)
+    bands = {}
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        bands[_size_label(lo, hi)] = (side >= (lo or 0)) & (side < (hi or np.inf))
+    result = {
+        "nuclei": int(side.size),
+        "images": images,
+        "split": split,
+        "positive_slots": targets.positive_slots(
+            config.model.train_rois_per_image, config.model.roi_positive_ratio
+        ),
+        "nuclei_by_size": {label: int(inside.sum()) for label, inside in bands.items()},
+    }
+    for rule in rules:
+        share = np.concatenate(shares[rule])
+        result[rule] = {
+            "covered": float(share.mean()) if share.size else 0.0,
+            "by_size": {
+                label: float(share[inside].mean()) if inside.any() else 0.0 for label, inside in bands.items()
+            },
+        }
+    return result

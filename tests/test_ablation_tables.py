@@ -278,3 +278,24 @@ def test_inference_sweeps_only_the_variants_it_has_not_kept(tmp_path, monkeypatc
     assert saved["variants"]["rpnnms05"]["bpq"] == 0.41 and "commit" in saved["variants"]["rpnnms05"]
     ablation_learning.inference(str(tmp_path), "preset-5632", ["rpnnms05", "as trained"])
     assert len(asked) == 1  # both kept now: nothing swept again
+
+
+def test_roi_sampling_page_shows_each_rule_by_size():
+    import roi_sampling
+
+    shares = {"< 12 px": 0.348, ">= 12 px": 0.6}
+    result = {
+        "nuclei": 5023,
+        "images": 128,
+        "split": "Fold 1",
+        "positive_slots": 42,
+        "nuclei_by_size": {"< 12 px": 1054, ">= 12 px": 3969},
+        "uniform": {"covered": 0.519, "by_size": shares},
+        "per_nucleus": {"covered": 0.593, "by_size": {"< 12 px": 0.583, ">= 12 px": 0.59}},
+    }
+    record = {"date": "2026-12-06", "device": "cpu", "host": "h", "commit": "abc"}
+    text = roi_sampling.page(result, "python experiments/roi_sampling.py", record)
+    assert "| positives drawn | nuclei covered a step | < 12 px (1,054) | >= 12 px (3,969) |" in text
+    assert "| uniform | 51.9% | 34.8% | 60.0% |" in text
+    assert "| per_nucleus | 59.3% | 58.3% | 59.0% |" in text
+    assert "128 tiles of `Fold 1` (5,023 nuclei" in text and "at most 42 a tile" in text

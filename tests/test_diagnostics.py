@@ -283,3 +283,31 @@ def test_diagnose_command_writes_buckets_that_sum_up(tmp_path, capsys):
     assert "| no_proposal |" in capsys.readouterr().out
     assert sum(result["at_border"][k] for k in nucleus_keys) == result["at_border"]["nuclei"]
     assert (tmp_path / "d" / "diagnose.md").exists()
+
+
+def test_positive_coverage_of_a_large_nucleus_and_two_small_ones_worked_by_hand(tmp_path):
+    """One positive slot a tile; a large nucleus with five proposals and two small ones with none, the
+    ground truth added as candidates: uniformly, the large one takes the slot with probability 6/8 and each
+    small one 1/8; per nucleus, each 1/3. Either way one nucleus in three is covered a draw."""
+    from maskrcnn.diagnostics import positive_coverage
+
+    folder = str(tmp_path / "fold")
+    _write_fold(folder, [(20, 20, 60, 60), (100, 100, 108, 108), (150, 40, 158, 48)])  # sides 40, 8, 8
+    config = apply_overrides(
+        load_config("tiny"),  # 128 px: model scale 0.5
+        [
+            "data.variant=nuclei",
+            "model.train_rois_per_image=3",
+            "model.roi_positive_ratio=0.34",  # round(3 * 0.34) = 1 positive slot
+            "model.add_gt_as_proposals=True",
+        ],
+    )
+    large = [(20 + d, 20, 60 + d, 60) for d in range(5)]  # IoU >= 0.78 with the large nucleus
+    model = _fixed_proposal_model(config, np.array([*large, (200, 200, 240, 240)], np.float32) * 0.5)
+    result = positive_coverage(config, model, folder, draws=4000, progress=False)
+    assert result["nuclei"] == 3 and result["images"] == 1 and result["positive_slots"] == 1
+    assert result["nuclei_by_size"] == {"< 12 px": 2, "12-24 px": 0, "24-48 px": 1, ">= 48 px": 0}
+    for rule, small, big in (("uniform", 1 / 8, 6 / 8), ("per_nucleus", 1 / 3, 1 / 3)):
+        assert result[rule]["covered"] == pytest.approx(1 / 3)
+        assert result[rule]["by_size"]["< 12 px"] == pytest.approx(small, abs=0.03)
+        assert result[rule]["by_size"]["24-48 px"] == pytest.approx(big, abs=0.03)
