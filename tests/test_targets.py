@@ -221,26 +221,23 @@ def test_per_nucleus_sampling_spreads_the_positives_over_the_nuclei():
     shifts = jnp.arange(30, dtype=jnp.float32)[:, None] * jnp.array([0.1, 0.1, 0.1, 0.1])
     background = jnp.array([[200.0, 200.0, 210.0, 210.0]] * 30)
     proposals = jnp.concatenate([large + shifts, small, background])
+    sample = functools.partial(
+        targets.sample_rois,
+        proposals,
+        jnp.ones(70, bool),
+        gt,
+        jnp.ones(11, jnp.int32),
+        jnp.ones((11, 4, 4)),
+        jnp.ones(11, bool),
+        num_rois=33,
+        positive_fraction=0.33,
+        mask_size=4,
+    )
     covered = {}
     for rule in ("uniform", "per_nucleus"):
-        sample = jax.jit(
-            jax.vmap(
-                lambda key, rule=rule: targets.sample_rois(
-                    proposals,
-                    jnp.ones(70, bool),
-                    gt,
-                    jnp.ones(11, jnp.int32),
-                    jnp.ones((11, 4, 4)),
-                    jnp.ones(11, bool),
-                    key,
-                    num_rois=33,
-                    positive_fraction=0.33,
-                    mask_size=4,
-                    positive_sampling=rule,
-                )
-            )
+        rois = jax.jit(jax.vmap(functools.partial(sample, positive_sampling=rule)))(
+            jax.random.split(KEY, 400)
         )
-        rois = sample(jax.random.split(KEY, 400))
         positive = np.asarray(rois["positive"])
         assert (positive.sum(axis=1) == 11).all()
         best = np.asarray(pairwise_iou(rois["rois"].reshape(-1, 4), gt)).argmax(axis=1).reshape(400, 33)
@@ -255,17 +252,7 @@ def test_per_nucleus_sampling_spreads_the_positives_over_the_nuclei():
     sequential = np.mean([len(set(nucleus[row == 0])) for row in left])
     assert abs(covered["per_nucleus"] - sequential) < 0.15  # sd of the mean of 400 draws: about 0.04
     with pytest.raises(ValueError, match="positive_sampling='size'"):
-        targets.sample_rois(
-            proposals,
-            jnp.ones(70, bool),
-            gt,
-            jnp.ones(11, jnp.int32),
-            jnp.ones((11, 4, 4)),
-            jnp.ones(11, bool),
-            KEY,
-            num_rois=33,
-            positive_sampling="size",
-        )
+        sample(KEY, positive_sampling="size")
 
 
 @pytest.mark.parametrize("grow", [0.0, 2.0, 3.5])
