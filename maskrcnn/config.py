@@ -138,7 +138,8 @@ class ModelConfig:
     roi_positive_iou: float = 0.5
     # How the sampled positives are drawn (maskrcnn.targets.sample_rois): "uniform" (Matterport,
     # torchvision: a nucleus weighs by its positive candidates, more for a larger one) or "per_nucleus"
-    # (every nucleus the same weight, so a dense tile's positives cover more of its nuclei).
+    # (every nucleus the same weight, so a dense tile's positives cover more of its nuclei; on CoNSeP it
+    # trains a worse model: experiments/results/learning_ablation_fold2.md, row posnuc).
     roi_positive_sampling: str = "uniform"
     add_gt_as_proposals: bool = False  # Detectron's default; Matterport does not
     pool_size: int = 7
