@@ -182,7 +182,7 @@ def waterfall_image(
     true_matched, pred_matched = pairs.any(axis=1), pairs.any(axis=0)
 
     truth = nucleus_boxes(true_labels, 1.0)
-    side = np.sqrt((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]))
+    side = box_sides(truth)
     height, width = true_labels.shape
     border = (truth[:, :2] <= 0).any(axis=1) | (truth[:, 2] >= height) | (truth[:, 3] >= width)
     truth = truth * scale
@@ -209,6 +209,22 @@ def _size_label(lo, hi) -> str:
     return f"< {hi} px" if lo is None else f">= {lo} px" if hi is None else f"{lo}-{hi} px"
 
 
+def box_sides(boxes: np.ndarray) -> np.ndarray:
+    """The square root of each (N, 4) yxyx box's area: the nucleus size of the per-size rows."""
+    return np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+
+
+def size_bands(side: np.ndarray) -> dict[str, np.ndarray]:
+    """Each band of :data:`SIZE_BINS` by label (``"< 12 px"``, ``"12-24 px"``, ...) -> which nuclei of
+    the given box sides lie in it: bool masks, every nucleus in exactly one."""
+    edges = (None, *SIZE_BINS, None)
+    return {
+        _size_label(lo, hi): (side >= (-np.inf if lo is None else lo))
+        & (side < (np.inf if hi is None else hi))
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+    }
+
+
 def summarise_waterfall(
     nucleus: np.ndarray, predicted: np.ndarray, side: np.ndarray, border: np.ndarray
 ) -> dict:
@@ -222,15 +238,7 @@ def summarise_waterfall(
     result = {name: int(np.sum(nucleus == i)) for i, name in enumerate(NUCLEUS_BUCKETS)}
     result.update({name: int(np.sum(predicted == i)) for i, name in enumerate(PREDICTED_BUCKETS)})
     result["nuclei"], result["predicted"] = int(nucleus.size), int(predicted.size)
-    edges = (None, *SIZE_BINS, None)
-    result["by_size"] = {}
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        inside = np.ones(side.shape, bool)
-        if lo is not None:
-            inside &= side >= lo
-        if hi is not None:
-            inside &= side < hi
-        result["by_size"][_size_label(lo, hi)] = nucleus_counts(inside)
+    result["by_size"] = {label: nucleus_counts(inside) for label, inside in size_bands(side).items()}
     result["at_border"] = nucleus_counts(border.astype(bool))
     return result
 
@@ -414,14 +422,18 @@ def positive_coverage(
     slots = config.data.max_instances
     variables = model.trainable_variables + model.non_trainable_variables
 
-    @functools.partial(jax.jit, static_argnames="rule")
-    def run(values, images, truth, truth_valid, key, rule):
+    @jax.jit
+    def run(values, images, truth, truth_valid, key):
+        """rule -> (B, M) share of the draws that cover each nucleus, from one set of proposals."""
         with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
             logits, deltas = model.rpn_head(model.features(images))
             boxes, _, valid = model.proposals(logits, deltas, size, training=True)
-        sample = functools.partial(sampled_nuclei, config=config, rule=rule, draws=draws)
         keys = jax.random.split(key, images.shape[0])
-        return jax.vmap(sample)(boxes, valid, truth, truth_valid, keys).mean(axis=1)  # (B, M)
+        out = {}
+        for rule in rules:
+            sample = functools.partial(sampled_nuclei, config=config, rule=rule, draws=draws)
+            out[rule] = jax.vmap(sample)(boxes, valid, truth, truth_valid, keys).mean(axis=1)
+        return out
 
     values = [v.value for v in variables]
     shares = {rule: [] for rule in rules}
@@ -437,24 +449,17 @@ def positive_coverage(
             boxes = nucleus_boxes(batch["instances"][i], batch["scale"][i])[:slots]
             truth[i, : len(boxes)], truth_valid[i, : len(boxes)] = boxes, True
         key, step = jax.random.split(key)
-        out = {
-            rule: jax.device_get(run(values, batch["image"], truth, truth_valid, step, rule))
-            for rule in rules
-        }
+        out = jax.device_get(run(values, batch["image"], truth, truth_valid, step))
         for i in np.nonzero(batch["example_valid"])[0]:
             n = int(truth_valid[i].sum())
-            box = truth[i, :n] / batch["scale"][i]
-            sides.append(np.sqrt((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])))
+            sides.append(box_sides(truth[i, :n] / batch["scale"][i]))
             for rule in rules:
                 shares[rule].append(out[rule][i, :n])
             images += 1
             bar.update(1)
     bar.close()
     side = np.concatenate(sides)
-    edges = (None, *SIZE_BINS, None)
-    bands = {}
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        bands[_size_label(lo, hi)] = (side >= (lo or 0)) & (side < (hi or np.inf))
+    bands = size_bands(side)
     result = {
         "nuclei": int(side.size),
         "images": images,

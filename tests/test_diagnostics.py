@@ -273,7 +273,7 @@ def test_diagnose_command_writes_buckets_that_sum_up(tmp_path, capsys):
     workdir.mkdir()
     (workdir / CONFIG_FILE).write_text(config.to_json())
     # Random weights at threshold 0: many detections, few of them right. Seeded: some initial weights
-    # predict no instance at all (1 seed in 6 tried), so unseeded the test failed now and then.
+    # predict no instance at all, so unseeded the test failed now and then.
     keras.utils.set_random_seed(0)
     save_weights(build_model(config.model, config.data.image_size), str(workdir))
     args = ["--workdir", str(workdir), "--split", "fold3", "--set", "model.detection_min_confidence=0.0"]
