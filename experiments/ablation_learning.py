@@ -258,7 +258,7 @@ def sweep(work: str, run: str, variants: dict[str, dict], thresholds, folder: st
             "bpq": metrics["bpq"],
             "eval_seconds": seconds,
             **rates,
-            **{k: lost[k] / max(lost["nuclei"], 1) for k in ("no_proposal", "low_score")},
+            **{k: lost[k] / max(lost["nuclei"], 1) for k in LOST},
         }
         print(run, name, best, out[name], flush=True)
     return out
@@ -300,15 +300,17 @@ def inference(work: str, run: str, names: list[str]) -> dict:
 
 
 SWEEP_COLUMNS = (
-    "threshold (best on fold 2) | fold-2 bPQ | fold-3 bPQ | recall | precision | SQ | no_proposal | low_score"
+    "threshold (best on fold 2) | fold-2 bPQ | fold-3 bPQ | recall | precision | SQ | no_proposal "
+    "| low_score | of which no box"
 )
+LOST = ("no_proposal", "low_score", "low_score_no_box")  # diagnose's shares of the nuclei in a sweep
 
 
 def sweep_cells(v: dict) -> str:
     """The :data:`SWEEP_COLUMNS` cells of one variant of :func:`sweep` (the waterfall's blank for a sweep
     cached before it was recorded)."""
     on_fold2 = v["fold2"][f"{v['threshold']:g}"]
-    lost = " | ".join(f"{v[k]:.1%}" if k in v else "" for k in ("no_proposal", "low_score"))
+    lost = " | ".join(f"{v[k]:.1%}" if k in v else "" for k in LOST)
     return (
         f"{v['threshold']:g} | {on_fold2:.4f} | {v['bpq']:.4f} | {v['recall']:.3f} | {v['precision']:.3f} "
         f"| {v['sq']:.3f} | {lost}"
@@ -316,7 +318,7 @@ def sweep_cells(v: dict) -> str:
 
 
 def scoring_table(results: list[dict]) -> str:
-    lines = [f"| run | objectness weight | {SWEEP_COLUMNS} |", "|---|---:|" + "---:|" * 8]
+    lines = [f"| run | objectness weight | {SWEEP_COLUMNS} |", "|---|---:|" + "---:|" * 9]
     for r in results:
         for weight, w in r["weights"].items():
             lines.append(f"| {r['run']} | {weight} | {sweep_cells(w)} |")
@@ -331,7 +333,8 @@ def scoring_page(command: str, results: list[dict]) -> str:
 A detection's score is its class probability p, or with `model.detection_objectness_weight` w the weighted
 geometric mean p ** (1 - w) * o ** w with its proposal's object probability o (`maskrcnn.postprocess.detect`).
 For each w, the threshold of {", ".join(map(str, SCORING_THRESHOLDS))} with the best bPQ on fold 2 (a training
-fold) is used on fold 3; recall, precision and SQ are fold 3's, at that threshold. The runs are trained runs
+fold) is used on fold 3; recall, precision and SQ are fold 3's, at that threshold, and the waterfall's shares
+as in `learning_inference.md` (blank for a sweep cached before they were recorded). The runs are trained runs
 of `experiments/learning.py` in the work folder (`learning`: `make bench-learning`'s model).
 
 {scoring_table(results)}
@@ -342,7 +345,7 @@ def inference_page(command: str, results: list[dict]) -> str:
     what = {name: change for name, change, _ in INFERENCE_VARIANTS}
     lines = [
         f"| run | variant | change | {SWEEP_COLUMNS} | fold-3 evaluation (s) |",
-        "|---|---|---|" + "---:|" * 9,
+        "|---|---|---|" + "---:|" * 10,
     ]
     for r in results:
         for name, v in r["variants"].items():
@@ -359,9 +362,11 @@ Each variant changes one inference setting of a run trained by `experiments/lear
 the threshold of {", ".join(map(str, INFERENCE_THRESHOLDS))} with the best bPQ on fold 2 (a training fold) is
 used on fold 3, and a variant is kept or dropped by its fold-2 bPQ. Recall, precision and SQ are fold 3's,
 at that threshold; no_proposal and low_score are the shares of fold-3 nuclei that `maskrcnn diagnose` finds
-with no proposal at box IoU >= 0.5, and lost to low scores, at that threshold (blank where a variant was
-swept before they were recorded); the evaluation time is the whole fold-3 evaluation (inference, label
-maps and metrics of its tiles) on the device of the header, each timed alone.
+with no proposal at box IoU >= 0.5, and lost to low scores, at that threshold; of which no box: the
+low_score nuclei that no box-head output overlaps at box IoU >= 0.5 at any score (the box regression moved
+every proposal off them: no threshold finds them), as a share of all fold-3 nuclei (blank where a
+variant was swept before it was recorded); the evaluation time is the whole fold-3 evaluation (inference,
+label maps and metrics of its tiles) on the device of the header, each timed alone.
 
 {table}
 """

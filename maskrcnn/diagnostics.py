@@ -146,7 +146,8 @@ def waterfall_image(
     proposals: np.ndarray,
     scored_boxes: np.ndarray,
     kept_boxes: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    refined_boxes: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The bucket of every true nucleus and every predicted instance of one image.
 
     A true nucleus goes to the first stage that loses it, with ``matched`` first: a nucleus that the
@@ -154,7 +155,9 @@ def waterfall_image(
     Otherwise ``no_proposal`` when no proposal overlaps its box at IoU >= 0.5; ``low_score`` when no
     box-head output scoring at least the detection threshold does; ``suppressed`` when such outputs exist
     but no kept detection does (detection NMS or the cap removed them); ``mask_miss`` when a kept
-    detection does but no predicted instance matches its mask.
+    detection does but no predicted instance matches its mask. A ``low_score`` nucleus is also told apart
+    by whether any box-head output, whatever its score, overlaps it at IoU >= 0.5: without one, the box
+    regression moved every proposal off it and no threshold would find it; with one, its score is low.
 
     A predicted instance that matches no nucleus overlaps a nucleus when their intersection holds at least
     :data:`OVERLAP_SHARE` of the smaller of the two: ``fp_merge`` when it overlaps two or more nuclei,
@@ -171,8 +174,9 @@ def waterfall_image(
     Returns:
       (nucleus bucket index into :data:`NUCLEUS_BUCKETS` (N,), predicted bucket index into
       :data:`PREDICTED_BUCKETS` (n_pred,), -1 for matched instances, nucleus box side in input pixels
-      (N,), whether the nucleus's box touches the image's border (N,): a nucleus the tile cuts), nuclei
-      and instances in increasing id order.
+      (N,), whether the nucleus's box touches the image's border (N,): a nucleus the tile cuts, whether
+      no box-head output at any score overlaps it at box IoU >= 0.5 (N,)), nuclei and instances in
+      increasing id order.
     """
     from maskrcnn.evaluation import overlaps
 
@@ -186,7 +190,10 @@ def waterfall_image(
     height, width = true_labels.shape
     border = (truth[:, :2] <= 0).any(axis=1) | (truth[:, 2] >= height) | (truth[:, 3] >= width)
     truth = truth * scale
-    stages = [_best_box_iou(truth, b) >= BOX_IOU for b in (proposals, scored_boxes, kept_boxes)]
+    refined_boxes = scored_boxes if refined_boxes is None else refined_boxes
+    stages = [
+        _best_box_iou(truth, b) >= BOX_IOU for b in (proposals, scored_boxes, kept_boxes, refined_boxes)
+    ]
     nucleus = np.select(
         [true_matched, ~stages[0], ~stages[1], ~stages[2]],
         [NUCLEUS_BUCKETS.index(b) for b in ("matched", "no_proposal", "low_score", "suppressed")],
@@ -202,7 +209,7 @@ def waterfall_image(
         [-1, *(PREDICTED_BUCKETS.index(b) for b in ("fp_merge", "fp_duplicate", "fp_part"))],
         PREDICTED_BUCKETS.index("fp_background"),
     )
-    return nucleus.astype(int), predicted.astype(int), side, border
+    return nucleus.astype(int), predicted.astype(int), side, border, ~stages[3]
 
 
 def _size_label(lo, hi) -> str:
@@ -226,18 +233,21 @@ def size_bands(side: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def summarise_waterfall(
-    nucleus: np.ndarray, predicted: np.ndarray, side: np.ndarray, border: np.ndarray
+    nucleus: np.ndarray, predicted: np.ndarray, side: np.ndarray, border: np.ndarray, no_box: np.ndarray
 ) -> dict:
     """Counts of :func:`waterfall_image`'s buckets over a split (concatenated arrays); the nucleus buckets
-    also per size band (``by_size``) and for the nuclei cut by the tile's border (``at_border``)."""
+    also per size band (``by_size``) and for the nuclei cut by the tile's border (``at_border``); each
+    with ``low_score_no_box``, the ``low_score`` nuclei that no box-head output overlaps at any score."""
+    low = nucleus == NUCLEUS_BUCKETS.index("low_score")
 
     def nucleus_counts(inside):
         counts = {name: int(np.sum(nucleus[inside] == i)) for i, name in enumerate(NUCLEUS_BUCKETS)}
-        return {"nuclei": int(inside.sum()), **counts}
+        no_boxes = int(np.sum(low[inside] & no_box[inside]))
+        return {"nuclei": int(inside.sum()), **counts, "low_score_no_box": no_boxes}
 
-    result = {name: int(np.sum(nucleus == i)) for i, name in enumerate(NUCLEUS_BUCKETS)}
+    result = nucleus_counts(np.ones(nucleus.shape, bool))
     result.update({name: int(np.sum(predicted == i)) for i, name in enumerate(PREDICTED_BUCKETS)})
-    result["nuclei"], result["predicted"] = int(nucleus.size), int(predicted.size)
+    result["predicted"] = int(predicted.size)
     result["by_size"] = {label: nucleus_counts(inside) for label, inside in size_bands(side).items()}
     result["at_border"] = nucleus_counts(border.astype(bool))
     return result
@@ -274,6 +284,7 @@ def _stage_program(model):
             "proposal_valid": proposal_valid,
             "candidates": boxes,
             "candidate_valid": usable & (scores >= model.config.detection_min_confidence),
+            "candidate_usable": usable,
             "detections": detections["boxes"],
             "detection_valid": detections["valid"],
         }
@@ -305,29 +316,28 @@ def diagnose(config: Config, model, split: str, *, progress: bool = True) -> dic
     tile, scale = input_pipeline.PANNUKE_SIZE, config.data.scale
     predict = make_predict_fn(model, (tile, tile), scale, config.model.mask_threshold)
     stages = _stage_program(model)
-    nucleus, predicted, sides, borders, images = [], [], [], [], 0
+    columns, images = [], 0
     total = len(input_pipeline.open_split(config.data, split))
     bar = tqdm(total=total, desc=f"diagnose {split}", disable=not progress, dynamic_ncols=True)
     for batch in input_pipeline.make_eval_iterator(config, split):
         labels = predict(batch["image"])["labels"]
         out = stages(batch["image"])
         for i in np.nonzero(batch["example_valid"])[0]:
-            n, p, s, b = waterfall_image(
-                batch["instances"][i],
-                labels[i],
-                scale=scale,
-                proposals=out["proposals"][i][out["proposal_valid"][i]],
-                scored_boxes=out["candidates"][i][out["candidate_valid"][i]],
-                kept_boxes=out["detections"][i][out["detection_valid"][i]],
+            columns.append(
+                waterfall_image(
+                    batch["instances"][i],
+                    labels[i],
+                    scale=scale,
+                    proposals=out["proposals"][i][out["proposal_valid"][i]],
+                    scored_boxes=out["candidates"][i][out["candidate_valid"][i]],
+                    kept_boxes=out["detections"][i][out["detection_valid"][i]],
+                    refined_boxes=out["candidates"][i][out["candidate_usable"][i]],
+                )
             )
-            nucleus.append(n)
-            predicted.append(p)
-            sides.append(s)
-            borders.append(b)
             images += 1
             bar.update(1)
     bar.close()
-    result = summarise_waterfall(*map(np.concatenate, (nucleus, predicted, sides, borders)))
+    result = summarise_waterfall(*map(np.concatenate, zip(*columns, strict=True)))
     result.update(images=images, split=split, detection_min_confidence=config.model.detection_min_confidence)
     return result
 
@@ -352,6 +362,16 @@ def format_waterfall(result: dict) -> str:
         + " | ".join(str(g["nuclei"]) for g in groups.values())
         + " |"
     )
+    if "low_score_no_box" in result:  # records written before it was counted lack it
+        shares = ", ".join(
+            f"{name} {g['low_score_no_box'] / max(g['low_score'], 1):.0%}" for name, g in groups.items()
+        )
+        lines += [
+            "",
+            f"low_score: {result['low_score_no_box']} of the {result['low_score']} nuclei have no box-head "
+            "output at box IoU >= 0.5 at any score (the box regression moved every proposal off them); the "
+            f"rest have one that scores below the threshold. That share per group: {shares}.",
+        ]
     lines += [
         "",
         "| predicted instances | count | share |",

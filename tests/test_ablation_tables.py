@@ -128,13 +128,18 @@ def test_the_inference_page_reports_each_variant_at_its_fold_two_threshold():
     page = inference_page("python experiments/ablation_learning.py --inference base-5632", [result])
     row = [line for line in page.splitlines() if line.startswith("| base-5632 | flips |")][0]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[3:] == ["0.4", "0.3800", "0.3900", "0.500", "0.800", "0.750", "", "", "61"]
+    assert cells[3:] == ["0.4", "0.3800", "0.3900", "0.500", "0.800", "0.750", "", "", "", "61"]
     assert "model.test_time_flips" in cells[2]
     # A sweep that followed the nuclei through diagnose: its no_proposal and low_score shares.
     result["variants"]["flips"].update(no_proposal=0.1234, low_score=0.2)
     page = inference_page("python experiments/ablation_learning.py --inference base-5632", [result])
     row = [line for line in page.splitlines() if line.startswith("| base-5632 | flips |")][0]
-    assert [c.strip() for c in row.strip("|").split("|")][-3:] == ["12.3%", "20.0%", "61"]
+    assert [c.strip() for c in row.strip("|").split("|")][-4:] == ["12.3%", "20.0%", "", "61"]
+    # And, once recorded, the low_score nuclei that no box-head output overlaps at any score.
+    result["variants"]["flips"].update(low_score_no_box=0.051)
+    page = inference_page("python experiments/ablation_learning.py --inference base-5632", [result])
+    row = [line for line in page.splitlines() if line.startswith("| base-5632 | flips |")][0]
+    assert [c.strip() for c in row.strip("|").split("|")][-4:] == ["12.3%", "20.0%", "5.1%", "61"]
     header = [line for line in page.splitlines() if line.startswith("| run |")][0]
     assert header.count("|") == row.count("|")
 

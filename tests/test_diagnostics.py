@@ -86,7 +86,13 @@ def test_diagnose_refuses_test_time_flips():
 
 
 def test_waterfall_puts_each_hand_made_nucleus_and_prediction_in_its_bucket():
-    from maskrcnn.diagnostics import NUCLEUS_BUCKETS, PREDICTED_BUCKETS, waterfall_image
+    from maskrcnn.diagnostics import (
+        NUCLEUS_BUCKETS,
+        PREDICTED_BUCKETS,
+        format_waterfall,
+        summarise_waterfall,
+        waterfall_image,
+    )
 
     truth = np.zeros((64, 64), np.int32)
     truth[10:20, 10:20] = 1  # A: matched by prediction 1
@@ -109,9 +115,13 @@ def test_waterfall_puts_each_hand_made_nucleus_and_prediction_in_its_bucket():
     proposals = np.stack([boxes[k] for k in (1, 3, 4, 5)])
     scored = np.stack([boxes[k] for k in (1, 4, 5)])
     kept = np.stack([boxes[1], boxes[5]])
-    nucleus, predicted, side, border = waterfall_image(
-        truth, pred, scale=scale, proposals=proposals, scored_boxes=scored, kept_boxes=kept
-    )
+    # Every box-head output at any score: those above, a low-scoring one on D, and C's box moved 8 px
+    # right (IoU 240 / 560 with C's 20 px box): the regression moved C's proposal off it.
+    refined = np.concatenate([scored, boxes[4][None], boxes[3][None] + [0, 8, 0, 8]])
+    nucleus, predicted, side, border, no_box = waterfall_image(
+        truth, pred, scale=scale, proposals=proposals, scored_boxes=scored, kept_boxes=kept,
+        refined_boxes=refined,
+    )  # fmt: skip
     assert [NUCLEUS_BUCKETS[i] for i in nucleus] == [
         "matched", "no_proposal", "low_score", "suppressed", "mask_miss", "no_proposal", "no_proposal",
     ]  # fmt: skip
@@ -120,6 +130,21 @@ def test_waterfall_puts_each_hand_made_nucleus_and_prediction_in_its_bucket():
     ]  # fmt: skip
     assert side.tolist() == [10, 10, 10, 10, 10, 6, 6]
     assert border.tolist() == [False] * 5 + [True] * 2  # F and G start on the top row
+    assert no_box.tolist() == [False, True, True, False, False, True, True]
+    result = summarise_waterfall(nucleus, predicted, side, border, no_box)
+    assert result["low_score"] == result["low_score_no_box"] == 1  # C
+    # With C's own box among the outputs (scored below the threshold), C has a box: its score is low.
+    refined[-1] = boxes[3]
+    no_box = waterfall_image(
+        truth, pred, scale=scale, proposals=proposals, scored_boxes=scored, kept_boxes=kept,
+        refined_boxes=refined,
+    )[4]  # fmt: skip
+    result = summarise_waterfall(nucleus, predicted, side, border, no_box)
+    assert (result["low_score"], result["low_score_no_box"]) == (1, 0)
+    assert result["by_size"]["< 12 px"]["low_score"] == 1  # C is 10 px
+    assert "low_score: 0 of the 1 nuclei have no box-head output" in format_waterfall(
+        {**result, "images": 1, "detection_min_confidence": 0.5}
+    )
 
 
 def test_waterfall_matched_is_the_pq_true_positives_and_the_buckets_sum_up():
@@ -138,12 +163,13 @@ def test_waterfall_matched_is_the_pq_true_positives_and_the_buckets_sum_up():
         blobs = make_instances(rng, 96, 5)
         pred = np.where((pred == 0) & (blobs > 0), 50 + blobs, pred)
         empty = np.zeros((0, 4), np.float32)
-        n, p, s, b = waterfall_image(
+        n, p, s, b, _ = waterfall_image(
             truth, pred, scale=1.0, proposals=empty, scored_boxes=empty, kept_boxes=empty
         )
         nuclei.append(n), preds.append(p), sides.append(s), borders.append(b)
         tp += panoptic_quality(truth, pred).tp
-    result = summarise_waterfall(*map(np.concatenate, (nuclei, preds, sides, borders)))
+    no_box = [np.ones(len(n), bool) for n in nuclei]
+    result = summarise_waterfall(*map(np.concatenate, (nuclei, preds, sides, borders, no_box)))
     assert result["matched"] == tp > 0
     assert result["no_proposal"] == result["nuclei"] - tp  # no boxes at all: every other nucleus
     assert (
@@ -258,6 +284,7 @@ def test_diagnose_follows_known_boxes_through_a_real_model_and_agrees_with_evalu
     model.set_inference_config(strict)
     result = diagnose(dataclasses.replace(config, model=strict), model, folder, progress=False)
     assert (result["low_score"], result["no_proposal"], result["predicted"]) == (4, 4, 0)
+    assert result["low_score_no_box"] == 0  # each of the four has its box, scored 0.9
 
 
 def test_diagnose_command_writes_buckets_that_sum_up(tmp_path, capsys):
@@ -284,6 +311,8 @@ def test_diagnose_command_writes_buckets_that_sum_up(tmp_path, capsys):
     assert sum(result[k] for k in nucleus_keys) == result["nuclei"]
     assert "| no_proposal |" in capsys.readouterr().out
     assert sum(result["at_border"][k] for k in nucleus_keys) == result["at_border"]["nuclei"]
+    for group in (result, result["at_border"], *result["by_size"].values()):
+        assert 0 <= group["low_score_no_box"] <= group["low_score"]
     assert (tmp_path / "d" / "diagnose.md").exists()
 
 
