@@ -94,6 +94,12 @@ ROWS = [
             "model.post_nms_rois_inference=1536",
         ],
     ),
+    (
+        "context2",
+        "the box head pools each ROI's box doubled about its centre (the box itself): context around "
+        "small nuclei",
+        ["model.box_context=2.0"],
+    ),
     ("box128", "box head 128 wide (1024): the preset before 2026-12-06", ["model.box_head_width=128"]),
     (
         "rpn512",

@@ -143,6 +143,9 @@ class ModelConfig:
     roi_positive_sampling: str = "uniform"
     add_gt_as_proposals: bool = False  # Detectron's default; Matterport does not
     pool_size: int = 7
+    # The box head pools each ROI's box scaled by this about its centre (1: the box itself): context
+    # around a small nucleus, whose own box covers two or three cells of P2. Its targets stay the ROI's.
+    box_context: float = 1.0
     mask_pool_size: int = 14
     mask_size: int = 28
     roi_canonical_size: float = 224.0  # FPN paper Eq. 1: a 224x224 ROI maps to level 4
@@ -429,6 +432,7 @@ def validate(config: Config) -> list[str]:
         unit(f"model.{name}", getattr(m, name))
     unit("model.roi_positive_ratio", m.roi_positive_ratio, low_open=True)
     unit("model.roi_positive_iou", m.roi_positive_iou, low_open=True)
+    rule(1 <= m.box_context <= 4, "model.box_context", m.box_context, "must be in [1, 4]")
     rule(0 < m.mask_threshold < 1, "model.mask_threshold", m.mask_threshold, "must be in (0, 1)")
     candidates = m.post_nms_rois_training + (d.max_instances if m.add_gt_as_proposals else 0)
     rule(

@@ -31,6 +31,7 @@ BAD_VALUES = [
     ("model.train_rois_per_image=10000", "must not exceed the"),
     ("data.mini_mask_size=0", "data.mini_mask_size=0 must be None (full masks) or at least 2"),
     ("model.roi_window=1", "model.roi_window=1 must be 0 or at least 2"),
+    ("model.box_context=0.5", "model.box_context=0.5 must be in [1, 4]"),
 ]
 
 

@@ -171,6 +171,16 @@ class MaskRCNN(keras.Model):
             window=window,
         )
 
+    def box_features(self, pyramid, rois):
+        """The box head's input: each ROI's box scaled by ``model.box_context`` about its centre, pooled
+        ``pool_size`` square (:meth:`roi_features`)."""
+        context = self.config.box_context
+        if context != 1:
+            centre = (rois[..., :2] + rois[..., 2:]) / 2
+            half = (rois[..., 2:] - rois[..., :2]) * (context / 2)
+            rois = jnp.concatenate([centre - half, centre + half], axis=-1)
+        return self.roi_features(pyramid, rois, self.config.pool_size)
+
     def classify(self, pyramid, rois, size):
         """The box head at inference: class logits (B, R, K+1) and box deltas (B, R, K+1, 4) of ROIs (B, R,
         4), pooled from ``pyramid`` P2-P5.
@@ -180,13 +190,13 @@ class MaskRCNN(keras.Model):
         of both passes' class probabilities; the deltas are the first pass's, so the boxes do not change.
         """
         cfg = self.config
-        class_logits, box_deltas = self.box_head(self.roi_features(pyramid, rois, cfg.pool_size))
+        class_logits, box_deltas = self.box_head(self.box_features(pyramid, rois))
         if not cfg.rescore_refined_boxes:
             return class_logits, box_deltas
         refined = jax.vmap(functools.partial(postprocess.refined_rois, image_size=size))(
             class_logits, box_deltas, rois
         )
-        second, _ = self.box_head(self.roi_features(pyramid, refined, cfg.pool_size))
+        second, _ = self.box_head(self.box_features(pyramid, refined))
         probs = [jax.nn.softmax(x.astype("float32"), axis=-1) for x in (class_logits, second)]
         return jnp.log((probs[0] + probs[1]) / 2), box_deltas
 
@@ -360,9 +370,7 @@ class MaskRCNN(keras.Model):
         rpn_labels, rpn_target_deltas, rois = self.training_targets(
             proposals, proposal_valid, batch, key, size
         )
-        class_logits, box_deltas = self.box_head(
-            self.roi_features(pyramid, rois["rois"], cfg.pool_size), training=True
-        )
+        class_logits, box_deltas = self.box_head(self.box_features(pyramid, rois["rois"]), training=True)
         # Positives come first and number at most round(R * ratio): the mask head only needs those slots.
         num_pos = targets.positive_slots(cfg.train_rois_per_image, cfg.roi_positive_ratio)
         mask_logits = self.mask_head(
