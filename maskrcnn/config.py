@@ -145,6 +145,7 @@ class ModelConfig:
     pool_size: int = 7
     # The box head pools each ROI's box scaled by this about its centre (1: the box itself): context
     # around a small nucleus, whose own box covers two or three cells of P2. Its targets stay the ROI's.
+    # 2 ties 1 on CoNSeP (experiments/results/learning_ablation_fold2.md, row context2).
     box_context: float = 1.0
     mask_pool_size: int = 14
     mask_size: int = 28
