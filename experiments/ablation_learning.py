@@ -113,6 +113,16 @@ ROWS = [
         ["model.backbone_width=32", "model.fpn_channels=128"],
     ),
     (
+        "lr1e-2",
+        "learning rate from 1e-2 (2e-2), decaying linearly per step to 0",
+        ["train.stages[0].learning_rate=1e-2"],
+    ),
+    (
+        "lr4e-2",
+        "learning rate from 4e-2 (2e-2), decaying linearly per step to 0",
+        ["train.stages[0].learning_rate=4e-2"],
+    ),
+    (
         "maskpool7",
         "mask head pools 7x7 (14x14), masks 14x14",
         ["model.mask_pool_size=7", "model.mask_size=14"],

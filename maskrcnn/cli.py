@@ -36,7 +36,7 @@ def _add_config_args(p):
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override a config field, e.g. model.rpn_nms_threshold=0.8",
+        help="override a config field, e.g. model.rpn_nms_threshold=0.8, train.stages[0].learning_rate=1e-2",
     )
 
 

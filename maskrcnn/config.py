@@ -548,15 +548,18 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     """Returns ``config`` with ``section.field=value`` overrides applied.
 
     Values are parsed as Python literals (``0.8``, ``(8, 16, 32)``, ``None``, ``True``) and fall back to
-    a plain string; ``train.stages`` is not overridable this way (edit or derive a preset instead).
-    ``data.scale`` goes through :func:`rescale` before the other overrides, so the anchors follow it unless
-    the same call sets them.
+    a plain string. A training stage's field is ``train.stages[i].field`` (``i`` its index, or ``*`` for
+    every stage): ``train.stages[0].learning_rate=4e-2``. ``data.scale`` goes through :func:`rescale`
+    before the other overrides, so the anchors follow it unless the same call sets them.
     """
     parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
             raise ValueError(f"override {item!r} must look like section.field=value, e.g. data.scale=2")
+        if key.strip().startswith("train.stages["):
+            config = _override_stages(config, item, key.strip(), raw)
+            continue
         section, field = key.strip().split(".", 1)
         if section not in ("data", "model", "train"):
             raise ValueError(f"override {item!r}: section must be data, model or train, got {section!r}")
@@ -569,11 +572,7 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
             )
         if field not in hints:
             raise ValueError(f"override {item!r}: {section} has no field {field!r}; fields: {sorted(hints)}")
-        try:
-            value = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            value = raw.strip()
-        parsed.append((section, field, _coerce(hints[field], value)))
+        parsed.append((section, field, _coerce(hints[field], _literal(raw))))
     for section, field, value in sorted(parsed, key=lambda p: p[:2] != ("data", "scale")):
         if (section, field) == ("data", "scale"):
             config = rescale(config, value)
@@ -586,6 +585,35 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
         else:
             config = dataclasses.replace(config, **{section: sub})
     return config
+
+
+def _literal(raw: str):
+    """An override's value: a Python literal, or else the plain string."""
+    try:
+        return ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        return raw.strip()
+
+
+def _override_stages(config: Config, item: str, key: str, raw: str) -> Config:
+    """``config`` with ``train.stages[i].field=raw`` (``i`` an index or ``*``) applied."""
+    which, _, field = key[len("train.stages[") :].partition("].")
+    stages = config.train.stages
+    hints = typing.get_type_hints(StageConfig)
+    if which == "*":
+        picked = range(len(stages))
+    elif which.isdigit() and int(which) < len(stages):
+        picked = [int(which)]
+    else:
+        raise ValueError(
+            f"override {item!r}: the stage must be an index below {len(stages)} (stages "
+            f"{[s.name for s in stages]}) or *, e.g. train.stages[0].learning_rate=1e-2"
+        )
+    if field not in hints:
+        raise ValueError(f"override {item!r}: a stage has no field {field!r}; fields: {sorted(hints)}")
+    value = _coerce(hints[field], _literal(raw))
+    new = tuple(dataclasses.replace(s, **{field: value}) if i in picked else s for i, s in enumerate(stages))
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, stages=new))
 
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # shipped in the wheel

@@ -1,5 +1,5 @@
 """The input scale (data.scale): the model's image side, the anchors and ROI level size that follow it,
-and configs written before it existed."""
+and configs written before it existed; overrides of a training stage."""
 
 import dataclasses
 import json
@@ -48,3 +48,22 @@ def test_a_config_json_written_before_the_scale_reads_its_image_size_as_the_scal
     assert isinstance(config_from_dict(json.loads(config.to_json())), Config)
     assert "image_size" not in config.to_dict()["data"]  # derived, not stored
     assert dataclasses.replace(config.data, scale=0.25).image_size == 64
+
+
+def test_a_training_stage_is_overridden_by_its_index_or_all_of_them_by_a_star():
+    paper = load_config("paper")  # stages heads (20 epochs from 1e-3) and all (30 from 1e-4)
+    one = apply_overrides(paper, ["train.stages[1].learning_rate=2e-4", "train.stages[0].epochs=5"])
+    assert [(s.name, s.epochs, s.learning_rate) for s in one.train.stages] == [
+        ("heads", 5, 1e-3),
+        ("all", 30, 2e-4),
+    ]
+    every = apply_overrides(paper, ["train.stages[*].learning_rate=1"])  # an int, stored as a float
+    assert [s.learning_rate for s in every.train.stages] == [1.0, 1.0]
+    assert all(isinstance(s.learning_rate, float) for s in every.train.stages)
+    assert dataclasses.replace(one.train, stages=paper.train.stages) == paper.train  # nothing else moved
+    with pytest.raises(ValueError, match=r"train.stages\[2\].*index below 2 \(stages \['heads', 'all'\]\)"):
+        apply_overrides(paper, ["train.stages[2].epochs=1"])
+    with pytest.raises(ValueError, match=r"a stage has no field 'lr'; fields: \['epochs', 'layers'"):
+        apply_overrides(paper, ["train.stages[0].lr=1e-2"])
+    with pytest.raises(ValueError, match=r"train.stages\[0\].learning_rate"):  # the range check still runs
+        apply_overrides(paper, ["train.stages[0].learning_rate=-1"])
