@@ -113,12 +113,12 @@ ROWS = [
         ["model.backbone_width=32", "model.fpn_channels=128"],
     ),
     (
-        "lr1e-2",
+        "lrhalf",
         "learning rate from 1e-2 (2e-2), decaying linearly per step to 0",
         ["train.stages[0].learning_rate=1e-2"],
     ),
     (
-        "lr4e-2",
+        "lr2x",
         "learning rate from 4e-2 (2e-2), decaying linearly per step to 0",
         ["train.stages[0].learning_rate=4e-2"],
     ),
@@ -128,7 +128,7 @@ ROWS = [
         ["model.mask_pool_size=7", "model.mask_size=14"],
     ),
 ]
-ROW_NAMES = [name for name, _, _ in ROWS]
+ROW_NAMES = [name for name, _, _ in ROWS]  # no "-": it separates a run's row, images and seed
 TIME_ROUNDS = 5
 # --scoring: detection scores with the RPN's objectness (model.detection_objectness_weight), at thresholds,
 # chosen on fold 2 and reported on fold 3; inference only, on runs already trained.

@@ -145,12 +145,13 @@ def test_the_inference_page_reports_each_variant_at_its_fold_two_threshold():
 
 
 def test_a_second_seed_is_its_own_row_against_the_preset_of_its_seed():
-    from ablation_learning import parse_run_name, run_name, table
+    from ablation_learning import ROW_NAMES, parse_run_name, run_name, table
 
     assert run_name("box128", 5632) == "box128-5632"
     assert run_name("box128", 5632, 1) == "box128-5632-seed1"
     assert parse_run_name("box128-5632-seed1") == ("box128", 1)
     assert parse_run_name("base-5632") == ("base", 0)
+    assert all(parse_run_name(run_name(row, 5632, 3)) == (row, 3) for row in ROW_NAMES)  # no "-" in a row
     records = [
         _record("preset-5632", 0.4, {"0.4": 0.35}, 0.30),
         _record("preset-5632-seed1", 0.4, {"0.4": 0.35}, 0.34),
