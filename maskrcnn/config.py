@@ -555,12 +555,13 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or "." not in key:
             raise ValueError(f"override {item!r} must look like section.field=value, e.g. data.scale=2")
-        if key.strip().startswith("train.stages["):
-            config = _override_stages(config, item, key.strip(), raw)
+        if key.startswith("train.stages["):
+            config = _override_stages(config, item, key, raw)
             continue
-        section, field = key.strip().split(".", 1)
+        section, field = key.split(".", 1)
         if section not in ("data", "model", "train"):
             raise ValueError(f"override {item!r}: section must be data, model or train, got {section!r}")
         sub = getattr(config, section)
