@@ -127,6 +127,12 @@ ROWS = [
         "mask head pools 7x7 (14x14), masks 14x14",
         ["model.mask_pool_size=7", "model.mask_size=14"],
     ),
+    (
+        "gtprops",
+        "the nuclei's own boxes offered as ROI candidates beside the proposals (torchvision's and "
+        "detectron2's default; Matterport's: proposals only)",
+        ["model.add_gt_as_proposals=True"],
+    ),
 ]
 ROW_NAMES = [name for name, _, _ in ROWS]  # no "-": it separates a run's row, images and seed
 TIME_ROUNDS = 5
