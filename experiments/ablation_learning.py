@@ -10,7 +10,10 @@ Every row is one run of :mod:`learning` (the ``learning`` config with the row's 
 scratch on folds 1 + 2 for ``--images`` images, the threshold chosen on fold 2, fold 3 scored and every
 nucleus followed by ``maskrcnn diagnose``), kept in ``<work>/<row>-<images>/`` and ``<work>/<row>-<images>
 .json`` (``-seed<N>`` after the images for ``--seed N``) and judged against ``preset`` of the same budget
-and seed; a row already run is read back, not trained again. ``--time`` builds the rows' train steps and
+and seed; a row already run is read back, not trained again. The page is written from the records kept
+beside it in the repository (``<out>_records/``: each record with its run's config and last class loss,
+and the step times of ``--time``), so a clone without the work folder writes it again; a row of the page
+whose record is found in neither is refused, not dropped. ``--time`` builds the rows' train steps and
 ``base``'s in one process and times them in turn over rounds (harness.rounds), so each ratio to ``base``
 shares the machine's state; a row timed again replaces its earlier ratio, the others stay. Writes
 ``experiments/results/learning_ablation.md`` (``--out``) with every row found for every budget.
@@ -41,7 +44,9 @@ import numpy as np  # noqa: E402
 # name, what it changes, its overrides of the `learning` config. Each row is `preset` (the config as shipped)
 # with one change, and is judged against `preset` trained with the same budget and seed. The rows against the
 # preset with a box head 128 wide (box1024, which made it 1024, and heads2x among them) are in
-# learning_ablation_box128.md, a page their records can no longer rebuild (check_record).
+# learning_ablation_box128.md, a page their records can no longer rebuild (check_record). The rows trained
+# against this preset before the records were kept in the repository (2026-12-07) are in
+# learning_ablation_fold2.md; their records went with the machine that trained them.
 REFERENCE = "preset"
 ROWS = [
     ("preset", "the `learning` config as shipped (ROIs pooled from P2, box head 1024 wide)", []),
@@ -410,12 +415,13 @@ def fold2(record: dict) -> float:
 UNCOMPARED = ("name", "data.data_dir", "train.steps_per_epoch", "train.stages[0].epochs")
 
 
-def check_record(record: dict, path: str, work: str) -> None:
+def check_record(record: dict, path: str) -> None:
     """Refuses a record that is not its row as defined today: trained without the row's overrides (a row
     redefined after it was trained, such as a pin added to it), or on a `learning` config other than
-    today's (the preset changed since), which the page would show as a change it is not."""
+    today's (the preset changed since), which the page would show as a change it is not. ``record`` is a
+    kept one (:func:`keep_records`): its ``trained_config`` is the config its run was trained with."""
     from maskrcnn.config import apply_overrides, load_config
-    from maskrcnn.train.workdir import CONFIG_FILE, flatten_config
+    from maskrcnn.train.workdir import flatten_config
 
     row, seed = parse_run_name(record["name"])
     wanted = overrides_of(row, seed_overrides(seed))
@@ -425,10 +431,7 @@ def check_record(record: dict, path: str, work: str) -> None:
             f"{path} was trained with {record['overrides']}, without {missing} of row {row!r} as defined "
             "now: train it again (move the record and its folder away) or restore the row"
         )
-    trained_path = os.path.join(work, record["name"], CONFIG_FILE)
-    if not os.path.exists(trained_path):
-        raise SystemExit(f"{path}: {trained_path}, the config its run was trained with, is missing")
-    trained = flatten_config(json.load(open(trained_path)))
+    trained = flatten_config(record["trained_config"])
     today = apply_overrides(load_config("learning"), record["overrides"]).to_dict()
     today = flatten_config(json.loads(json.dumps(today)))  # tuples as JSON lists, as config.json holds them
     changed = [
@@ -442,6 +445,48 @@ def check_record(record: dict, path: str, work: str) -> None:
             f"({'; '.join(changed)}): it is not `{REFERENCE}` with row {row!r}'s change any more. Train "
             "the rows again in another --work folder, or restore the config"
         )
+
+
+def records_dir(out: str) -> str:
+    """Where the page ``out`` keeps its runs' records: beside it in the repository, so that a clone without
+    the work folder (the trained models, the data) writes the same page again."""
+    return os.path.splitext(out)[0] + "_records"
+
+
+def keep_records(work: str, kept: str) -> None:
+    """Copies every row's record found in ``work`` into ``kept`` (replacing an older copy), with what the
+    page reads from its run folder: the config the run trained with and its last epoch's class loss."""
+    from maskrcnn.train.workdir import CONFIG_FILE
+
+    for row in ROW_NAMES:
+        for path in sorted(glob.glob(os.path.join(work, f"{row}-*.json"))):
+            record = json.load(open(path))
+            run = os.path.join(work, record["name"])
+            trained_path = os.path.join(run, CONFIG_FILE)
+            if not os.path.exists(trained_path):
+                raise SystemExit(f"{path}: {trained_path}, the config its run was trained with, is missing")
+            record["trained_config"] = json.load(open(trained_path))
+            record["class_loss"] = learning.epoch_losses(os.path.join(run, "log.csv"))["class"][-1]
+            os.makedirs(kept, exist_ok=True)
+            with open(os.path.join(kept, os.path.basename(path)), "w") as f:
+                json.dump(record, f, indent=1)
+
+
+def page_rows(path: str) -> set[tuple[str, int, int]]:
+    """(row, seed, images) of every trained row of the page at ``path`` (none if there is no page)."""
+    if not os.path.exists(path):
+        return set()
+    found = set()
+    for line in open(path):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if (
+            len(cells) > 4
+            and cells[0] in ROW_NAMES
+            and cells[2].replace(",", "").isdigit()
+            and cells[3].isdigit()
+        ):
+            found.add((cells[0], int(cells[3]), int(cells[2].replace(",", ""))))
+    return found
 
 
 def read_timing(path: str) -> dict:
@@ -545,11 +590,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     work = os.path.abspath(args.work)
     rows = args.rows or ROW_NAMES
-    timing_path = os.path.join(work, "step_times.json")
+    kept = records_dir(args.out)
+    timing_path = os.path.join(kept, "step_times.json")
     given = sys.argv[1:] if argv is None else list(argv)
     command = "python experiments/ablation_learning.py " + shlex.join(given)  # as run, every option
     if args.time:
         timing = read_timing(timing_path) | time_rows(args.data, work, rows, args.set)
+        os.makedirs(kept, exist_ok=True)
         with open(timing_path, "w") as f:
             json.dump(timing, f, indent=1)
     elif args.scoring:
@@ -571,14 +618,20 @@ def main(argv=None) -> int:
                 images=args.images,
                 overrides=overrides_of(row, [*args.set, *seed_overrides(args.seed)]),
             )
+    keep_records(work, kept)
     timing = read_timing(timing_path)
     records = []
     for row in ROW_NAMES:
-        for path in sorted(glob.glob(os.path.join(work, f"{row}-*.json"))):
-            record = json.load(open(path))
-            check_record(record, path, work)
-            log = os.path.join(work, record["name"], "log.csv")
-            records.append({**record, "class_loss": learning.epoch_losses(log)["class"][-1]})
+        for path in sorted(glob.glob(os.path.join(kept, f"{row}-*.json"))):
+            records.append(json.load(open(path)))
+            check_record(records[-1], path)
+    lost = page_rows(args.out) - {(*parse_run_name(r["name"]), r["images"]) for r in records}
+    if lost:
+        raise SystemExit(
+            f"{args.out} holds rows {sorted(lost)} whose records are neither in {kept} nor in {work}: "
+            "writing the page would drop them. Train them again (--rows, --seed, --images) or write another "
+            "page (--out)"
+        )
 
     def order(record):
         row, seed = parse_run_name(record["name"])

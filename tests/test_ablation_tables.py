@@ -175,9 +175,7 @@ def test_a_second_seed_is_its_own_row_against_the_preset_of_its_seed():
 
 def _trained(work, name, overrides, **changes):
     """``<work>/<name>/config.json`` as `train` writes it: the `learning` config with ``overrides``, then
-    ``changes`` (section -> {field: value}) standing for a preset edited since."""
-    import json
-
+    ``changes`` (section -> {field: value}) standing for a preset edited since. Returns that config."""
     from maskrcnn.config import apply_overrides, load_config
 
     config = apply_overrides(load_config("learning"), overrides).to_dict()
@@ -185,45 +183,41 @@ def _trained(work, name, overrides, **changes):
         config[section].update(fields)
     (work / name).mkdir(parents=True, exist_ok=True)
     (work / name / "config.json").write_text(json.dumps(config))
+    return json.loads(json.dumps(config))
 
 
 def test_a_record_that_is_not_its_row_of_today_is_refused(tmp_path):
     import pytest
     from ablation_learning import check_record
 
+    def kept(name, overrides, **changes):
+        return {
+            "name": name,
+            "overrides": overrides,
+            "trained_config": _trained(tmp_path, name, overrides, **changes),
+        }
+
     overrides = ["model.box_head_width=128", "train.seed=1"]
-    _trained(tmp_path, "box128-5632-seed1", overrides)
-    check_record({"name": "box128-5632-seed1", "overrides": overrides}, "r", str(tmp_path))
+    check_record(kept("box128-5632-seed1", overrides), "r")
     with pytest.raises(SystemExit, match=r"without \['train.seed=1'\] of row 'box128'"):
-        check_record({"name": "box128-5632-seed1", "overrides": overrides[:1]}, "r", str(tmp_path))
+        check_record({**kept("box128-5632-seed1", overrides), "overrides": overrides[:1]}, "r")
     with pytest.raises(SystemExit, match="model.roi_canonical_size=56.0"):
-        check_record({"name": "base-5632", "overrides": []}, "base-5632.json", str(tmp_path))
+        check_record({**kept("preset-5632", []), "name": "base-5632"}, "base-5632.json")
     # The preset edited after the run: its record is the old preset, not today's.
     from maskrcnn.config import load_config
 
     width = load_config("learning").model.box_head_width
-    _trained(tmp_path, "preset-5632", [], model={"box_head_width": 2 * width})
     with pytest.raises(SystemExit, match=rf"model.box_head_width: {2 * width} -> {width}\)"):
-        check_record({"name": "preset-5632", "overrides": []}, "preset-5632.json", str(tmp_path))
+        check_record(kept("preset-5632", [], model={"box_head_width": 2 * width}), "preset-5632.json")
     # A field added to the config since (absent from the run's config.json) is not a change.
-    _trained(tmp_path, "rpn512-5632", ["model.rpn_train_anchors_per_image=512"])
-    saved = json.loads((tmp_path / "rpn512-5632" / "config.json").read_text())
-    del saved["model"]["roi_positive_iou"]
-    (tmp_path / "rpn512-5632" / "config.json").write_text(json.dumps(saved))
-    check_record(
-        {"name": "rpn512-5632", "overrides": ["model.rpn_train_anchors_per_image=512"]}, "r", str(tmp_path)
-    )
-    with pytest.raises(SystemExit, match="the config its run was trained with, is missing"):
-        check_record(
-            {"name": "rois256-5632", "overrides": ["model.train_rois_per_image=256"]}, "r", str(tmp_path)
-        )
+    record = kept("rpn512-5632", ["model.rpn_train_anchors_per_image=512"])
+    del record["trained_config"]["model"]["roi_positive_iou"]
+    check_record(record, "r")
 
 
-def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
-    from ablation_learning import main
-
-    work = tmp_path / "work"
-    for name, bpq, class_losses in (("preset-5632", 0.30, (0.6, 0.5)), ("box128-5632", 0.33, (0.5, 0.4))):
+def _train_rows(work, rows):
+    """Records and run folders in ``work`` as `learning.run` leaves them: (name, fold-3 bPQ, class losses)."""
+    for name, bpq, class_losses in rows:
         row = name.split("-")[0]
         overrides = ["model.box_head_width=128"] if row == "box128" else []
         _trained(work, name, overrides)
@@ -233,6 +227,15 @@ def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
         lines = ["stage,epoch,step,split,loss,rpn_class,rpn_box,class,box,mask"]
         lines += [f"0,{e},{e + 1},train,1,1,1,{c},1,1" for e, c in enumerate(class_losses)]
         (work / name / "log.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
+    import shutil
+
+    from ablation_learning import main, records_dir
+
+    work = tmp_path / "work"
+    _train_rows(work, [("preset-5632", 0.30, (0.6, 0.5)), ("box128-5632", 0.33, (0.5, 0.4))])
     out = tmp_path / "page.md"
     # --data is a folder that does not exist: nothing is built or trained.
     assert main(["--data", str(tmp_path / "none"), "--work", str(work), "--page", "--out", str(out)]) == 0
@@ -245,6 +248,33 @@ def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
     assert "| +0.0300 |" in rows[1] and "| 0.400 |" in rows[1]  # delta; last epoch's loss
     assert rows[3] == "| box128 | 5,632 | 0 | 38% / 25% / 25% | 75% / 0% / 17% |"
     assert not (work / "folds").exists()
+    # The records are kept beside the page: without the work folder (a fresh clone), the same page.
+    assert sorted(os.listdir(records_dir(str(out)))) == ["box128-5632.json", "preset-5632.json"]
+    page = out.read_text()
+    shutil.rmtree(work)
+    assert main(["--data", str(tmp_path / "none"), "--work", str(work), "--page", "--out", str(out)]) == 0
+    assert out.read_text() == page
+
+
+def test_a_row_of_the_page_without_its_record_is_refused_not_dropped(tmp_path):
+    import shutil
+
+    import pytest
+    from ablation_learning import main, records_dir
+
+    work = tmp_path / "work"
+    _train_rows(work, [("preset-5632", 0.30, (0.6, 0.5)), ("box128-5632", 0.33, (0.5, 0.4))])
+    out = tmp_path / "page.md"
+    args = ["--data", str(tmp_path / "none"), "--work", str(work), "--page", "--out", str(out)]
+    assert main(args) == 0
+    page = out.read_text()
+    shutil.rmtree(work)
+    os.remove(os.path.join(records_dir(str(out)), "box128-5632.json"))
+    with pytest.raises(SystemExit, match=r"holds rows \[\('box128', 0, 5632\)\] whose records"):
+        main(args)
+    assert out.read_text() == page
+    # A page of no rows yet, or another page, is written from what there is.
+    assert main([*args[:-1], str(tmp_path / "other.md")]) == 0
 
 
 def test_bench_learnings_command_line_repeats_the_run_with_every_option_that_differs():
