@@ -453,23 +453,27 @@ def records_dir(out: str) -> str:
     return os.path.splitext(out)[0] + "_records"
 
 
+def record_paths(folder: str) -> list[str]:
+    """The rows' records in ``folder`` (``<row>-<images>[-seed<N>].json``), in the order of :data:`ROWS`."""
+    return [p for row in ROW_NAMES for p in sorted(glob.glob(os.path.join(folder, f"{row}-*.json")))]
+
+
 def keep_records(work: str, kept: str) -> None:
     """Copies every row's record found in ``work`` into ``kept`` (replacing an older copy), with what the
     page reads from its run folder: the config the run trained with and its last epoch's class loss."""
     from maskrcnn.train.workdir import CONFIG_FILE
 
-    for row in ROW_NAMES:
-        for path in sorted(glob.glob(os.path.join(work, f"{row}-*.json"))):
-            record = json.load(open(path))
-            run = os.path.join(work, record["name"])
-            trained_path = os.path.join(run, CONFIG_FILE)
-            if not os.path.exists(trained_path):
-                raise SystemExit(f"{path}: {trained_path}, the config its run was trained with, is missing")
-            record["trained_config"] = json.load(open(trained_path))
-            record["class_loss"] = learning.epoch_losses(os.path.join(run, "log.csv"))["class"][-1]
-            os.makedirs(kept, exist_ok=True)
-            with open(os.path.join(kept, os.path.basename(path)), "w") as f:
-                json.dump(record, f, indent=1)
+    os.makedirs(kept, exist_ok=True)
+    for path in record_paths(work):
+        record = json.load(open(path))
+        run = os.path.join(work, record["name"])
+        trained_path = os.path.join(run, CONFIG_FILE)
+        if not os.path.exists(trained_path):
+            raise SystemExit(f"{path}: {trained_path}, the config its run was trained with, is missing")
+        record["trained_config"] = json.load(open(trained_path))
+        record["class_loss"] = learning.epoch_losses(os.path.join(run, "log.csv"))["class"][-1]
+        with open(os.path.join(kept, os.path.basename(path)), "w") as f:
+            json.dump(record, f, indent=1)
 
 
 def page_rows(path: str) -> set[tuple[str, int, int]]:
@@ -621,10 +625,9 @@ def main(argv=None) -> int:
     keep_records(work, kept)
     timing = read_timing(timing_path)
     records = []
-    for row in ROW_NAMES:
-        for path in sorted(glob.glob(os.path.join(kept, f"{row}-*.json"))):
-            records.append(json.load(open(path)))
-            check_record(records[-1], path)
+    for path in record_paths(kept):
+        records.append(json.load(open(path)))
+        check_record(records[-1], path)
     lost = page_rows(args.out) - {(*parse_run_name(r["name"]), r["images"]) for r in records}
     if lost:
         raise SystemExit(
