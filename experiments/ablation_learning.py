@@ -161,6 +161,12 @@ INFERENCE_VARIANTS = [
         {"post_nms_rois_inference": 1536, "pre_nms_limit": 3000},
     ),
     (
+        "pre4000",
+        "proposals from the 4,000 best anchors of each level (1,000): at `data.scale` 2 a nucleus covers "
+        "four times the anchors, so as many nuclei reach the RPN's NMS as from 1,000 at scale 1",
+        {"pre_nms_limit": 4000},
+    ),
+    (
         "rpnnms05",
         "the RPN's NMS at IoU 0.5 (0.7): the 768 proposals spread over more nuclei",
         {"rpn_nms_threshold": 0.5},
