@@ -396,16 +396,16 @@ def inference_page(command: str, results: list[dict]) -> str:
 {harness.header(command)}
 
 Each variant changes one inference setting of a run trained by `experiments/learning.py` (the work folder's
-`<row>-<images>` runs: `experiments/results/learning_ablation_fold2.md`); nothing is trained again. For each,
-the threshold of {", ".join(map(str, INFERENCE_THRESHOLDS))} with the best bPQ on fold 2 (a training fold) is
-used on fold 3, and a variant is kept or dropped by its fold-2 bPQ. Recall, precision and SQ are fold 3's,
-at that threshold; no_proposal and low_score are the shares of fold-3 nuclei that `maskrcnn diagnose` finds
-with no proposal at box IoU >= 0.5, and lost to low scores, at that threshold; of which no box: the
-low_score nuclei that no box-head output overlaps at box IoU >= 0.5 at any score (the box regression moved
-every proposal off them: no threshold finds them), as a share of all fold-3 nuclei (blank where a
-variant was swept before it was recorded); the evaluation time is the whole fold-3 evaluation (inference,
-label maps and metrics of its tiles) on the device of the header, each timed alone, its program compiled
-before the clock starts.
+`<row>-<images>` runs of the ablation pages, `experiments/results/learning_ablation*.md`); nothing is
+trained again. For each, the threshold of {", ".join(map(str, INFERENCE_THRESHOLDS))} with the best bPQ on
+fold 2 (a training fold) is used on fold 3, and a variant is kept or dropped by its fold-2 bPQ. Recall,
+precision and SQ are fold 3's, at that threshold; no_proposal and low_score are the shares of fold-3 nuclei
+that `maskrcnn diagnose` finds with no proposal at box IoU >= 0.5, and lost to low scores, at that
+threshold; of which no box: the low_score nuclei that no box-head output overlaps at box IoU >= 0.5 at any
+score (the box regression moved every proposal off them: no threshold finds them), as a share of all fold-3
+nuclei (blank where a variant was swept before it was recorded); the evaluation time is the whole fold-3
+evaluation (inference, label maps and metrics of its tiles) on the device of the header, each timed alone,
+its program compiled before the clock starts.
 
 {table}
 """
