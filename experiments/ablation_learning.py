@@ -163,7 +163,7 @@ INFERENCE_VARIANTS = [
     (
         "pre4000",
         "proposals from the 4,000 best anchors of each level (1,000): at `data.scale` 2 a nucleus covers "
-        "four times the anchors, so as many nuclei reach the RPN's NMS as from 1,000 at scale 1",
+        "four times the anchors of its level, so this is the budget per nucleus of 1,000 at scale 1",
         {"pre_nms_limit": 4000},
     ),
     (
