@@ -118,6 +118,11 @@ ROWS = [
         ["model.backbone_width=32", "model.fpn_channels=128"],
     ),
     (
+        "deep50",
+        "backbone of ResNet50's depth, 3, 4, 6 and 3 bottlenecks a stage (1, 1, 1, 1), width 16 kept",
+        ["model.backbone_blocks=(3,4,6,3)"],
+    ),
+    (
         "lrhalf",
         "learning rate from 1e-2 (2e-2), decaying linearly per step to 0",
         ["train.stages[0].learning_rate=1e-2"],
