@@ -133,6 +133,12 @@ ROWS = [
         ["train.stages[0].learning_rate=4e-2"],
     ),
     (
+        "adam",
+        "Adam (b1 0.9, b2 0.999) from 1e-3 instead of SGD with momentum from 2e-2, decaying linearly per "
+        "step to 0; the same clipping and L2 decay",
+        ["train.optimizer='adam'", "train.stages[0].learning_rate=1e-3"],
+    ),
+    (
         "maskpool7",
         "mask head pools 7x7 (14x14), masks 14x14",
         ["model.mask_pool_size=7", "model.mask_size=14"],

@@ -191,6 +191,10 @@ class TrainConfig:
         StageConfig("heads", "heads", 20, 1e-3),
         StageConfig("all", "all", 30, 1e-4),
     )
+    # "sgd": the seed paper's SGD with momentum; "adam": Adam (Kingma & Ba 2015) with b1 = momentum and b2
+    # 0.999, the same clipping and the same L2 decay (added to the gradients before Adam normalises them),
+    # at a stage learning rate of Adam's scale (1e-3, not SGD's 2e-2).
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     clip_global_norm: float = 5.0
@@ -463,6 +467,7 @@ def validate(config: Config) -> list[str]:
             stage.learning_rate,
             "must be positive",
         )
+    rule(t.optimizer in ("sgd", "adam"), "train.optimizer", t.optimizer, "must be 'sgd' or 'adam'")
     rule(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
     rule(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be at least 0")
     rule(t.clip_global_norm > 0, "train.clip_global_norm", t.clip_global_norm, "must be positive")

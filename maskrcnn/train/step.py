@@ -87,11 +87,16 @@ def decay_mask(model: keras.Model) -> list[bool]:
 
 
 def make_optimizer(train: TrainConfig, schedule, decay: list[bool]) -> optax.GradientTransformation:
-    """Clip by global norm, decoupled-from-loss L2 weight decay on kernels, SGD with momentum."""
+    """Clip by global norm, decoupled-from-loss L2 weight decay on kernels, then SGD with momentum (the
+    paper's) or Adam (``train.optimizer``; b1 = ``train.momentum``)."""
+    if train.optimizer == "adam":
+        update = optax.adam(schedule, b1=train.momentum, b2=0.999)
+    else:
+        update = optax.sgd(schedule, momentum=train.momentum)
     return optax.chain(
         optax.clip_by_global_norm(train.clip_global_norm),
         optax.add_decayed_weights(train.weight_decay, mask=decay),
-        optax.sgd(schedule, momentum=train.momentum),
+        update,
     )
 
 

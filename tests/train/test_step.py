@@ -12,7 +12,13 @@ import pytest
 
 from maskrcnn.config import StageConfig, load_config
 from maskrcnn.model import LOSS_NAMES, build_model
-from maskrcnn.train.step import decay_mask, learning_rate_schedule, prepare_stage, trainable_mask
+from maskrcnn.train.step import (
+    decay_mask,
+    learning_rate_schedule,
+    make_optimizer,
+    prepare_stage,
+    trainable_mask,
+)
 from tests.model.helpers import batch_from_labels, make_instances
 
 SIZE = 64
@@ -72,6 +78,37 @@ def test_each_stage_trains_the_documented_variables():
         trainable_mask(model, "6+")
     with pytest.raises(ValueError, match="unknown"):
         trainable_mask(model, "backbone")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_optimizer_updates_match_their_formulas(optimizer):
+    """Two updates of the chain (clip to norm 5, L2 decay on kernels, SGD or Adam) against the formulas
+    written out: SGD's trace m = g + 0.9 m, update -lr m; Adam's moments with bias correction."""
+    train = dataclasses.replace(load_config("tiny").train, optimizer=optimizer, weight_decay=0.1)
+    lr = 0.01
+    params = [np.array([[1.0, -2.0]]), np.array([0.5])]  # a kernel (decayed) and a bias (not)
+    grads = [[np.array([[30.0, 40.0]]), np.array([0.0])], [np.array([[0.3, -0.1]]), np.array([1.0])]]
+    opt = make_optimizer(train, lambda step: lr, [True, False])
+    state = opt.init([jnp.asarray(p) for p in params])
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    for t, g in enumerate(grads, start=1):
+        updates, state = opt.update([jnp.asarray(x) for x in g], state, [jnp.asarray(p) for p in params])
+        norm = np.sqrt(sum(float(np.sum(x**2)) for x in g))
+        clipped = [x * min(1.0, 5.0 / norm) for x in g]
+        d = [clipped[0] + 0.1 * params[0], clipped[1]]
+        want = []
+        for i in range(2):
+            if optimizer == "sgd":
+                m[i] = d[i] + 0.9 * m[i]
+                want.append(-lr * m[i])
+            else:
+                m[i] = 0.9 * m[i] + 0.1 * d[i]
+                v[i] = 0.999 * v[i] + 0.001 * d[i] ** 2
+                want.append(-lr * (m[i] / (1 - 0.9**t)) / (np.sqrt(v[i] / (1 - 0.999**t)) + 1e-8))
+        for got, expected in zip(updates, want, strict=True):
+            np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-9)
+        params = [p + u for p, u in zip(params, want, strict=True)]
 
 
 def test_weight_decay_skips_biases_and_batch_norm():
