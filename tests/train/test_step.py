@@ -107,7 +107,7 @@ def test_optimizer_updates_match_their_formulas(optimizer):
                 v[i] = 0.999 * v[i] + 0.001 * d[i] ** 2
                 want.append(-lr * (m[i] / (1 - 0.9**t)) / (np.sqrt(v[i] / (1 - 0.999**t)) + 1e-8))
         for got, expected in zip(updates, want, strict=True):
-            np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-9)
+            np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-9)  # float32
         params = [p + u for p, u in zip(params, want, strict=True)]
 
 
