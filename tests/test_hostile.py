@@ -32,6 +32,7 @@ BAD_VALUES = [
     ("data.mini_mask_size=0", "data.mini_mask_size=0 must be None (full masks) or at least 2"),
     ("model.roi_window=1", "model.roi_window=1 must be 0 or at least 2"),
     ("model.box_context=0.5", "model.box_context=0.5 must be in [1, 4]"),
+    ("train.optimizer=adamw", "train.optimizer='adamw' must be 'sgd' or 'adam'"),
 ]
 
 
