@@ -84,7 +84,9 @@ def test_each_stage_trains_the_documented_variables():
 def test_optimizer_updates_match_their_formulas(optimizer):
     """Two updates of the chain (clip to norm 5, L2 decay on kernels, SGD or Adam) against the formulas
     written out: SGD's trace m = g + 0.9 m, update -lr m; Adam's moments with bias correction."""
-    train = dataclasses.replace(load_config("tiny").train, optimizer=optimizer, weight_decay=0.1)
+    train = dataclasses.replace(
+        load_config("tiny").train, optimizer=optimizer, momentum=0.9, clip_global_norm=5.0, weight_decay=0.1
+    )
     lr = 0.01
     params = [np.array([[1.0, -2.0]]), np.array([0.5])]  # a kernel (decayed) and a bias (not)
     grads = [[np.array([[30.0, 40.0]]), np.array([0.0])], [np.array([[0.3, -0.1]]), np.array([1.0])]]
