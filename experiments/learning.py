@@ -182,6 +182,28 @@ def step_seconds(config, model) -> float:
     return harness.median(times)
 
 
+REUSE_UNCOMPARED = ("name", "data.data_dir")  # a run folder copied, renamed or moved is the same run
+
+
+def check_reused(workdir: str, saved, config) -> None:
+    """Refuses to score the run in ``workdir`` as ``config`` when it was trained with another config
+    (``saved``: its config.json), such as the preset before an edit: its figures would be reported as a
+    config it is not. Only the run's name and its dataset folder may differ."""
+    from maskrcnn.train.workdir import flatten_config
+
+    trained, wanted = flatten_config(saved.to_dict()), flatten_config(config.to_dict())
+    changed = [
+        f"{key}: {trained.get(key)!r} -> {wanted.get(key)!r}"
+        for key in sorted(set(trained) | set(wanted))
+        if key not in REUSE_UNCOMPARED and trained.get(key) != wanted.get(key)
+    ]
+    if changed:
+        raise SystemExit(
+            f"{workdir} was trained with another config than the one asked for ({'; '.join(changed)}): "
+            "move the folder away to train it again, or ask for the config it was trained with (--set)"
+        )
+
+
 def run(data: str, work: str, config_name: str, *, name: str | None, images: int, overrides=()) -> dict:
     """Trains (or reuses) one run and scores it; returns its record, also saved as ``<work>/<name>.json``.
 
@@ -207,7 +229,8 @@ def run(data: str, work: str, config_name: str, *, name: str | None, images: int
 
     timing = os.path.join(workdir, "train_seconds.json")
     if os.path.exists(os.path.join(workdir, "model.weights.h5")) and os.path.exists(timing):
-        _, model = load_trained(workdir)
+        saved, model = load_trained(workdir)
+        check_reused(workdir, saved, config)
         model.set_inference_config(config.model)
         trained = json.load(open(timing))
         print(f"{config.name}: reusing the trained model in {workdir}")

@@ -335,3 +335,25 @@ def test_roi_sampling_page_shows_each_rule_by_size():
     assert "| uniform | 51.9% | 34.8% | 60.0% |" in text
     assert "| per_nucleus | 59.3% | 58.3% | 59.0% |" in text
     assert "128 tiles of `Fold 1` (5,023 nuclei" in text and "at most 42 a tile" in text
+
+
+def test_a_run_folder_is_reused_only_for_the_config_it_was_trained_with():
+    import dataclasses
+
+    import pytest
+    from learning import check_reused
+
+    from maskrcnn.config import apply_overrides, load_config
+
+    asked = apply_overrides(load_config("learning"), ["train.seed=1"])
+    # Copied under another name, its dataset folder elsewhere: the same training.
+    copied = dataclasses.replace(
+        asked, name="adam-5632-seed1", data=dataclasses.replace(asked.data, data_dir="/elsewhere")
+    )
+    check_reused("w", copied, asked)
+    # Trained before the preset changed its optimizer, or with another seed: another run, named.
+    before = apply_overrides(asked, ["train.optimizer='sgd'", "train.stages[0].learning_rate=2e-2"])
+    with pytest.raises(SystemExit, match=r"w was trained with .*train.optimizer: 'sgd' -> 'adam'"):
+        check_reused("w", before, asked)
+    with pytest.raises(SystemExit, match=r"train.seed: 0 -> 1"):
+        check_reused("w", load_config("learning"), asked)
