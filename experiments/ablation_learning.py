@@ -1,7 +1,7 @@
 """The learning benchmark's ablation: each recipe choice, on its own, at an equal budget of images.
 
     python experiments/ablation_learning.py --data DIR [--images 5632] [--rows base iou1 ...]
-    python experiments/ablation_learning.py --data DIR --rows preset box1024 --seed 1   # another draw
+    python experiments/ablation_learning.py --data DIR --rows preset sgd --seed 1   # another draw
     python experiments/ablation_learning.py --data DIR --time [--rows ...]   # step vs base, one run
     python experiments/ablation_learning.py --data DIR --page   # the page again from the records, no training
     python experiments/ablation_learning.py --data DIR --images 100000 --set train.batch_size=16   # GPU
