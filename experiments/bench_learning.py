@@ -199,8 +199,9 @@ own {u["threshold"]:g}, fold 3 gives bPQ {u["bpq"]:.4f}, recall {u["recall"]:.3f
 {format_waterfall(record["waterfall"])}
 
 {limits(record)} Each bucket is the first stage that loses the nucleus (`maskrcnn diagnose --help`;
-`maskrcnn/diagnostics.py`); each recipe choice measured against these buckets:
-[learning_ablation.md](learning_ablation.md).
+`maskrcnn/diagnostics.py`); each recipe choice measured against these buckets, the rows against this
+preset: [learning_ablation_fold2_v3.md](learning_ablation_fold2_v3.md) (the earlier presets' rows: the
+pages named in the README's "Does it learn real nuclei?").
 
 Anchor coverage of the {coverage["nuclei"]} training nuclei (anchors {coverage["anchors"]};
 `maskrcnn anchors`): {coverage["covered"]:.1%} have a positive anchor, {coverage["mean_positives"]:.2f}
