@@ -189,14 +189,9 @@ def check_reused(workdir: str, saved, config) -> None:
     """Refuses to score the run in ``workdir`` as ``config`` when it was trained with another config
     (``saved``: its config.json), such as the preset before an edit: its figures would be reported as a
     config it is not. Only the run's name and its dataset folder may differ."""
-    from maskrcnn.train.workdir import flatten_config
+    from maskrcnn.train.workdir import config_differences
 
-    trained, wanted = flatten_config(saved.to_dict()), flatten_config(config.to_dict())
-    changed = [
-        f"{key}: {trained.get(key)!r} -> {wanted.get(key)!r}"
-        for key in sorted(set(trained) | set(wanted))
-        if key not in REUSE_UNCOMPARED and trained.get(key) != wanted.get(key)
-    ]
+    changed = config_differences(saved.to_dict(), config.to_dict(), may_change=REUSE_UNCOMPARED)
     if changed:
         raise SystemExit(
             f"{workdir} was trained with another config than the one asked for ({'; '.join(changed)}): "

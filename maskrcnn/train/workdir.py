@@ -45,11 +45,11 @@ def flatten_config(tree, prefix=""):
     return {prefix[:-1].replace(".[", "["): list(tree) if isinstance(tree, tuple) else tree}
 
 
-def config_differences(old: dict, new: dict) -> list[str]:
-    """Fields (``section.field``, ``train.stages[0].epochs``) whose values differ between two config dicts
-    and that a resume may not change."""
+def config_differences(old: dict, new: dict, may_change=RESUMABLE) -> list[str]:
+    """Fields (``section.field``, ``train.stages[0].epochs``) whose values differ between two config dicts,
+    outside ``may_change`` (by default what a resume may change; ``[*]`` matches any stage)."""
     a, b = flatten_config(old), flatten_config(new)
-    allowed = [re.compile(re.escape(p).replace(r"\[\*\]", r"\[\d+\]") + "$") for p in RESUMABLE]
+    allowed = [re.compile(re.escape(p).replace(r"\[\*\]", r"\[\d+\]") + "$") for p in may_change]
     return [
         f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
         for key in sorted(set(a) | set(b))
