@@ -13,8 +13,9 @@ nucleus followed by ``maskrcnn diagnose``), kept in ``<work>/<row>-<images>/`` a
 and seed; a row already run is read back, not trained again. The page is written from the records kept
 beside it in the repository (``<out>_records/``: each record with its run's config and last class loss,
 and the step times of ``--time``), so a clone without the work folder writes it again; a row of the page
-whose record is found in neither is refused, not dropped. ``--time`` builds the rows' train steps and
-``base``'s in one process and times them in turn over rounds (harness.rounds), so each ratio to ``base``
+whose record is found in neither is refused, not dropped. A run of another page whose config is a row's
+today may be kept as that row's record, with ``copied_from`` saying where it trained (the page lists it).
+``--time`` builds the rows' train steps and ``base``'s in one process and times them in turn over rounds (harness.rounds), so each ratio to ``base``
 shares the machine's state; a row timed again replaces its earlier ratio, the others stay. Writes
 ``experiments/results/learning_ablation.md`` (``--out``) with every row found for every budget.
 ``--scoring RUN ...`` scores trained runs of the work folder with the RPN's objectness
@@ -691,6 +692,10 @@ nuclei in brackets).
 
 {size_table(records) if records else "(no runs)"}
 """
+    copied = [f"`{r['name']}`: {r['copied_from']}" for r in records if "copied_from" in r]
+    if copied:
+        text += "\nRuns of another page kept as this page's (their config is the row's today):\n\n"
+        text += "".join(f"- {line}.\n" for line in copied)
     harness.write(args.out, text)
     return 0
 

@@ -256,6 +256,28 @@ def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
     assert out.read_text() == page
 
 
+def test_a_run_kept_from_another_page_is_a_row_that_says_where_it_was_trained(tmp_path):
+    from ablation_learning import main, records_dir
+
+    work = tmp_path / "work"
+    _train_rows(work, [("preset-5632", 0.30, (0.6, 0.5))])
+    out = tmp_path / "page.md"
+    args = ["--data", str(tmp_path / "none"), "--work", str(work), "--page", "--out", str(out)]
+    assert main(args) == 0
+    kept = records_dir(str(out))
+    other = json.load(open(os.path.join(kept, "preset-5632.json")))
+    other.update(name="preset-5632-seed1", bpq_by_threshold={"0.4": 0.2})
+    other["copied_from"] = "old-5632-seed1 of old.md"
+    other["overrides"] = ["train.seed=1"]
+    other["trained_config"]["train"]["seed"] = 1
+    with open(os.path.join(kept, "preset-5632-seed1.json"), "w") as f:
+        json.dump(other, f)
+    assert main(args) == 0
+    page = out.read_text()
+    assert "| preset | " in page and "| 5,632 | 1 | 0.2000 |" in page
+    assert "- `preset-5632-seed1`: old-5632-seed1 of old.md.\n" in page
+    assert page.count("old.md") == 1  # the run of seed 0, trained here, is not listed
+
 def test_a_row_of_the_page_without_its_record_is_refused_not_dropped(tmp_path):
     import shutil
 
