@@ -15,9 +15,10 @@ beside it in the repository (``<out>_records/``: each record with its run's conf
 and the step times of ``--time``), so a clone without the work folder writes it again; a row of the page
 whose record is found in neither is refused, not dropped. A run of another page whose config is a row's
 today may be kept as that row's record, with ``copied_from`` saying where it trained (the page lists it).
-``--time`` builds the rows' train steps and ``base``'s in one process and times them in turn over rounds (harness.rounds), so each ratio to ``base``
-shares the machine's state; a row timed again replaces its earlier ratio, the others stay. Writes
-``experiments/results/learning_ablation.md`` (``--out``) with every row found for every budget.
+``--time`` builds the rows' train steps and ``base``'s in one process and times them in turn over rounds
+(harness.rounds), so each ratio to ``base`` shares the machine's state; a row timed again replaces its
+earlier ratio, the others stay. Writes ``experiments/results/learning_ablation.md`` (``--out``) with every
+row found for every budget.
 ``--scoring RUN ...`` scores trained runs of the work folder with the RPN's objectness
 (``model.detection_objectness_weight``, chosen with the threshold on fold 2) and writes
 ``experiments/results/learning_scoring.md`` (``--scoring-out``) alone; ``--inference RUN ...`` scores them
