@@ -50,12 +50,14 @@ import numpy as np  # noqa: E402
 # against this preset before the records were kept in the repository (2026-12-07) are in
 # learning_ablation_fold2.md; their records went with the machine that trained them. The rows against the
 # preset with SGD from 2e-2 (adam, which made it Adam from 1e-3, among them) are in
-# learning_ablation_fold2_v2.md, whose records check_record now refuses.
+# learning_ablation_fold2_v2.md, whose records check_record now refuses; the rows against the preset with
+# Adam from 1e-3 (lr2x, which made it 2e-3, among them) are in learning_ablation_fold2_v3.md, frozen the same
+# way. The v4 page's preset and lrhalf rows are v3's lr2x and preset runs (copied_from).
 REFERENCE = "preset"
 ROWS = [
     (
         "preset",
-        "the `learning` config as shipped (ROIs pooled from P2, box head 1024 wide, Adam from 1e-3)",
+        "the `learning` config as shipped (ROIs pooled from P2, box head 1024 wide, Adam from 2e-3)",
         [],
     ),
     # The rows of learning_ablation.md (commit 5a620ee) changed the `learning` config of then, which levelled
@@ -132,17 +134,18 @@ ROWS = [
     ),
     (
         "lrhalf",
-        "learning rate from 5e-4 (1e-3), decaying linearly per step to 0",
-        ["train.stages[0].learning_rate=5e-4"],
+        "learning rate from 1e-3 (2e-3), decaying linearly per step to 0: the preset of "
+        "learning_ablation_fold2_v3.md",
+        ["train.stages[0].learning_rate=1e-3"],
     ),
     (
         "lr2x",
-        "learning rate from 2e-3 (1e-3), decaying linearly per step to 0",
-        ["train.stages[0].learning_rate=2e-3"],
+        "learning rate from 4e-3 (2e-3), decaying linearly per step to 0",
+        ["train.stages[0].learning_rate=4e-3"],
     ),
     (
         "sgd",
-        "SGD with momentum 0.9 from 2e-2 instead of Adam (b1 0.9, b2 0.999) from 1e-3, decaying linearly "
+        "SGD with momentum 0.9 from 2e-2 instead of Adam (b1 0.9, b2 0.999) from 2e-3, decaying linearly "
         "per step to 0; the same clipping and L2 decay: the preset before 2026-12-07",
         ["train.optimizer='sgd'", "train.stages[0].learning_rate=2e-2"],
     ),
