@@ -698,7 +698,7 @@ nuclei in brackets).
 """
     copied = [f"`{r['name']}`: {r['copied_from']}" for r in records if "copied_from" in r]
     if copied:
-        text += "\nRuns of another page kept as this page's (their config is the row's today):\n\n"
+        text += "\nRuns of another page kept as this page's (trained with their row's config):\n\n"
         text += "".join(f"- {line}.\n" for line in copied)
     harness.write(args.out, text)
     return 0
