@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     first = times[args.runs[0]]
     lines = ["| run | step (s), median | range | vs the first, median | range |", "|---|---:|---:|---:|---:|"]
     for run in args.runs:
-        ratios = [t / f for t, f in zip(times[run], first)]
+        ratios = [t / f for t, f in zip(times[run], first, strict=True)]
         lines.append(
             f"| `{run}` | {harness.median(times[run]):.3f} | {harness.spread(times[run])} | "
             f"{harness.median(ratios):.2f}x | {harness.spread(ratios)} |"
