@@ -162,9 +162,9 @@ def detection_rates(true_instances, pred_instances) -> dict:
     }
 
 
-def step_seconds(config, model) -> float:
-    """Median seconds of a train step of ``config`` on a real training batch, from ``model``'s weights,
-    timed after its compile with nothing else in this process running (:data:`TIMED_STEPS` steps)."""
+def train_stepper(config, model):
+    """A function that runs one train step of ``config`` from ``model``'s weights (a fresh optimizer state)
+    on a real training batch and returns its seconds; the step is compiled before it is returned."""
     import jax
 
     from maskrcnn import input_pipeline
@@ -173,13 +173,22 @@ def step_seconds(config, model) -> float:
     batch = next(input_pipeline.make_train_iterator(config, epoch=0))
     batch = {k: batch[k] for k in input_pipeline.MODEL_INPUTS}
     stage = prepare_stage(model, config.train, config.train.stages[0], 1)
-    state, key = stage.state, jax.random.PRNGKey(0)
-    (state, _), _ = harness.timed(stage.step, state, batch, key)  # compile
-    times = []
-    for _ in range(TIMED_STEPS):
-        (state, _), seconds = harness.timed(stage.step, state, batch, key)
-        times.append(seconds)
-    return harness.median(times)
+    key = jax.random.PRNGKey(0)
+    state = [stage.state]
+
+    def one() -> float:
+        (state[0], _), seconds = harness.timed(stage.step, state[0], batch, key)
+        return seconds
+
+    one()  # compile
+    return one
+
+
+def step_seconds(config, model) -> float:
+    """Median seconds of a train step of ``config`` on a real training batch, from ``model``'s weights,
+    timed after its compile with nothing else in this process running (:data:`TIMED_STEPS` steps)."""
+    one = train_stepper(config, model)
+    return harness.median([one() for _ in range(TIMED_STEPS)])
 
 
 REUSE_UNCOMPARED = ("name", "data.data_dir")  # a run folder copied, renamed or moved is the same run

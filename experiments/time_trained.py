@@ -19,29 +19,14 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import harness  # noqa: E402
+import learning  # noqa: E402
 
 
 def stepper(workdir: str):
     """A function timing one train step of the run in ``workdir`` from its trained weights."""
-    import jax
-
-    from maskrcnn import input_pipeline
-    from maskrcnn.train.step import prepare_stage
     from maskrcnn.train.workdir import load_trained
 
-    config, model = load_trained(workdir)
-    batch = next(input_pipeline.make_train_iterator(config, epoch=0))
-    batch = {k: batch[k] for k in input_pipeline.MODEL_INPUTS}
-    stage = prepare_stage(model, config.train, config.train.stages[0], 1)
-    key = jax.random.PRNGKey(0)
-    state = [stage.state]
-    (state[0], _), _ = harness.timed(stage.step, state[0], batch, key)  # compile
-
-    def one() -> float:
-        (state[0], _), seconds = harness.timed(stage.step, state[0], batch, key)
-        return seconds
-
-    return one
+    return learning.train_stepper(*load_trained(workdir))
 
 
 def main(argv=None) -> int:
