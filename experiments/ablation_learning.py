@@ -4,6 +4,7 @@
     python experiments/ablation_learning.py --data DIR --rows preset sgd --seed 1   # another draw
     python experiments/ablation_learning.py --data DIR --time [--rows ...]   # step vs base, one run
     python experiments/ablation_learning.py --data DIR --page   # the page again from the records, no training
+    python experiments/ablation_learning.py --data DIR --page --keep OTHER_records/lr2x-5632.json preset-5632
     python experiments/ablation_learning.py --data DIR --images 100000 --set train.batch_size=16   # GPU
 
 Every row is one run of :mod:`learning` (the ``learning`` config with the row's overrides, trained from
@@ -14,7 +15,8 @@ and seed; a row already run is read back, not trained again. The page is written
 beside it in the repository (``<out>_records/``: each record with its run's config and last class loss,
 and the step times of ``--time``), so a clone without the work folder writes it again; a row of the page
 whose record is found in neither is refused, not dropped. A run of another page whose config is a row's
-today may be kept as that row's record, with ``copied_from`` saying where it trained (the page lists it).
+today may be kept as that row's record (``--keep RECORD RUN``), with ``copied_from`` saying where it
+trained (the page lists it).
 ``--time`` builds the rows' train steps and ``base``'s in one process and times them in turn over rounds
 (harness.rounds), so each ratio to ``base`` shares the machine's state; a row timed again replaces its
 earlier ratio, the others stay. Writes ``experiments/results/learning_ablation.md`` (``--out``) with every
@@ -52,7 +54,7 @@ import numpy as np  # noqa: E402
 # preset with SGD from 2e-2 (adam, which made it Adam from 1e-3, among them) are in
 # learning_ablation_fold2_v2.md, whose records check_record now refuses; the rows against the preset with
 # Adam from 1e-3 (lr2x, which made it 2e-3, among them) are in learning_ablation_fold2_v3.md, frozen the same
-# way. The v4 page's preset and lrhalf rows are v3's lr2x and preset runs (copied_from).
+# way. The v4 page's preset and lrhalf rows are v3's lr2x and preset runs (--keep).
 REFERENCE = "preset"
 ROWS = [
     (
@@ -504,6 +506,33 @@ def keep_records(work: str, kept: str) -> None:
             json.dump(record, f, indent=1)
 
 
+def keep_from(source: str, name: str, kept: str, work: str) -> None:
+    """Keeps the record at ``source``, a run of another page (in that page's ``<page>_records/``), as this
+    page's run ``name`` in ``kept``: with ``name``'s overrides of today in place of the ones it trained with,
+    and ``copied_from`` naming the run and the page it was trained for. Refused (:func:`check_record`)
+    unless the config it trained with is ``name``'s row's config of today, or if ``work`` trained ``name``
+    itself."""
+    record = json.load(open(source))
+    row, seed = parse_run_name(name)
+    if row not in ROW_NAMES or run_name(row, record["images"], seed) != name:
+        raise SystemExit(
+            f"--keep {source} {name}: name it <row>-{record['images']}[-seed<N>] with a row of ROWS (the "
+            "budget of images it was trained for)"
+        )
+    if os.path.exists(os.path.join(work, name + ".json")):
+        raise SystemExit(f"--keep {source} {name}: {work} trained {name} itself; its own record is the row's")
+    page = os.path.basename(os.path.dirname(os.path.abspath(source))).removesuffix("_records") + ".md"
+    where = f"{record['name']} of {page}"
+    if "copied_from" in record:
+        where += f" (there: {record['copied_from']})"
+    record.update(name=name, overrides=overrides_of(row, seed_overrides(seed)), copied_from=where)
+    record["kept_with"] = f"--keep {os.path.relpath(source)} {name}"  # as a page lists it
+    check_record(record, source)
+    os.makedirs(kept, exist_ok=True)
+    with open(os.path.join(kept, name + ".json"), "w") as f:
+        json.dump(record, f, indent=1)
+
+
 def page_rows(path: str) -> set[tuple[str, int, int]]:
     """(row, seed, images) of every trained row of the page at ``path`` (none if there is no page)."""
     if not os.path.exists(path):
@@ -611,6 +640,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="train.seed of the rows' runs (another draw of each)")
     p.add_argument("--time", action="store_true", help="time every row's train step in one run, in turn")
     p.add_argument("--page", action="store_true", help="only write the page from the records found")
+    p.add_argument(
+        "--keep",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("RECORD", "RUN"),
+        help="keep another page's kept record as this page's run RUN (<row>-<images>[-seed<N>])",
+    )
     p.add_argument("--scoring", nargs="*", metavar="RUN", help="score trained runs with the RPN's objectness")
     p.add_argument("--out", default=os.path.join(harness.RESULTS, "learning_ablation.md"))
     p.add_argument("--scoring-out", default=os.path.join(harness.RESULTS, "learning_scoring.md"))
@@ -651,6 +688,8 @@ def main(argv=None) -> int:
                 overrides=overrides_of(row, [*args.set, *seed_overrides(args.seed)]),
             )
     keep_records(work, kept)
+    for source, name in args.keep:
+        keep_from(source, name, kept, work)
     timing = read_timing(timing_path)
     records = []
     for path in record_paths(kept):
@@ -696,7 +735,11 @@ nuclei in brackets).
 
 {size_table(records) if records else "(no runs)"}
 """
-    copied = [f"`{r['name']}`: {r['copied_from']}" for r in records if "copied_from" in r]
+    copied = [
+        f"`{r['name']}`: {r['copied_from']}" + (f" (`{r['kept_with']}`)" if "kept_with" in r else "")
+        for r in records
+        if "copied_from" in r
+    ]
     if copied:
         text += "\nRuns of another page kept as this page's (trained with their row's config):\n\n"
         text += "".join(f"- {line}.\n" for line in copied)

@@ -257,26 +257,43 @@ def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
 
 
 def test_a_run_kept_from_another_page_is_a_row_that_says_where_it_was_trained(tmp_path):
+    import pytest
     from ablation_learning import main, records_dir
 
     work = tmp_path / "work"
     _train_rows(work, [("preset-5632", 0.30, (0.6, 0.5))])
-    out = tmp_path / "page.md"
-    args = ["--data", str(tmp_path / "none"), "--work", str(work), "--page", "--out", str(out)]
-    assert main(args) == 0
-    kept = records_dir(str(out))
-    other = json.load(open(os.path.join(kept, "preset-5632.json")))
-    other.update(name="preset-5632-seed1", bpq_by_threshold={"0.4": 0.2})
-    other["copied_from"] = "old-5632-seed1 of old.md"
-    other["overrides"] = ["train.seed=1"]
+    page = ["--data", str(tmp_path / "none"), "--work", str(work), "--page", "--out"]
+    old = str(tmp_path / "old.md")
+    assert main([*page, old]) == 0
+    # old.md's run of seed 1, trained as a row of then (`adam`) whose config is today's preset.
+    other = json.load(open(os.path.join(records_dir(old), "preset-5632.json")))
+    other.update(name="adam-5632-seed1", bpq_by_threshold={"0.4": 0.2}, overrides=["train.seed=1"])
     other["trained_config"]["train"]["seed"] = 1
-    with open(os.path.join(kept, "preset-5632-seed1.json"), "w") as f:
+    source = os.path.join(records_dir(old), "adam-5632-seed1.json")
+    with open(source, "w") as f:
         json.dump(other, f)
-    assert main(args) == 0
-    page = out.read_text()
-    assert "| preset | " in page and "| 5,632 | 1 | 0.2000 |" in page
-    assert "- `preset-5632-seed1`: old-5632-seed1 of old.md.\n" in page
-    assert page.count("old.md") == 1  # the run of seed 0, trained here, is not listed
+    out = str(tmp_path / "page.md")
+    assert main([*page, out, "--keep", source, "preset-5632-seed1"]) == 0
+    text = open(out).read()
+    assert "| preset | " in text and "| 5,632 | 1 | 0.2000 |" in text
+    kept_with = f"--keep {os.path.relpath(source)} preset-5632-seed1"
+    assert f"- `preset-5632-seed1`: adam-5632-seed1 of old.md (`{kept_with}`).\n" in text
+    assert text.count("old.md") == 1  # the run of seed 0, trained here, is not listed
+    assert main([*page, out]) == 0  # the kept record stays: the same page but for its command
+    assert open(out).read().partition("Rows:")[2] == text.partition("Rows:")[2]
+    # Kept again from there, it says both pages.
+    third = str(tmp_path / "third.md")
+    kept = os.path.join(records_dir(out), "preset-5632-seed1.json")
+    assert main([*page, third, "--keep", kept, "preset-5632-seed1"]) == 0
+    assert "preset-5632-seed1 of page.md (there: adam-5632-seed1 of old.md) (`--keep " in open(third).read()
+    # Refused: not the row's config of today, a run the work folder trained itself, a name of no budget.
+    with pytest.raises(SystemExit, match="box_head_width: 1024 -> 128"):
+        main([*page, out, "--keep", source, "box128-5632-seed1"])
+    with pytest.raises(SystemExit, match="trained preset-5632 itself"):
+        main([*page, out, "--keep", os.path.join(records_dir(old), "preset-5632.json"), "preset-5632"])
+    with pytest.raises(SystemExit, match=r"name it <row>-5632\[-seed<N>\]"):
+        main([*page, out, "--keep", source, "preset-2000-seed1"])
+
 
 def test_a_row_of_the_page_without_its_record_is_refused_not_dropped(tmp_path):
     import shutil
