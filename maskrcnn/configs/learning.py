@@ -44,6 +44,7 @@ def get_config():
             # Matterport's and torchvision's width: against 128, fold-2 bPQ +0.009 and +0.004 with seeds 0
             # and 1, fold 3 +0.016 and +0.006, at 1.04x a CPU step (learning_ablation_box128.md, `box1024`).
             box_head_width=1024,
+            # 128 wide: fold-2 bPQ -0.005, fold 3 +0.001, SQ no higher, a dearer step (v4 page, `mask128`).
             mask_head_width=64,
             # 512 proposals and 128 sampled ROIs a tile: twice as fast a step as 768 / 256 on the CPU.
             post_nms_rois_training=512,
@@ -58,7 +59,8 @@ def get_config():
         # same clipping and L2 decay. From 1e-3: fold-2 bPQ +0.019 and +0.029 with seeds 0 and 1, fold 3
         # +0.031 and +0.030, at SGD's step time within its noise (learning_ablation_fold2_v2.md, `adam`);
         # from 2e-3 against 1e-3: fold-2 bPQ +0.020 and +0.004, fold 3 +0.008 and +0.006
-        # (learning_ablation_fold2_v3.md, `lr2x`).
+        # (learning_ablation_fold2_v3.md, `lr2x`); from 4e-3 against 2e-3: fold-2 -0.003, fold 3 -0.005
+        # (learning_ablation_fold2_v4.md, `lr2x`, seed 0).
         train=dataclasses.replace(
             base.train,
             optimizer="adam",
