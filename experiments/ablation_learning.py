@@ -513,7 +513,7 @@ def keep_from(source: str, name: str, kept: str, work: str) -> None:
     unless the config it trained with is ``name``'s row's config of today, or if ``work`` trained ``name``
     itself."""
     record = json.load(open(source))
-    row, seed = parse_run_name(name)
+    row, seed = parse_run_name(name) if "-" in name else (name, 0)
     if row not in ROW_NAMES or run_name(row, record["images"], seed) != name:
         raise SystemExit(
             f"--keep {source} {name}: name it <row>-{record['images']}[-seed<N>] with a row of ROWS (the "

@@ -293,6 +293,8 @@ def test_a_run_kept_from_another_page_is_a_row_that_says_where_it_was_trained(tm
         main([*page, out, "--keep", os.path.join(records_dir(old), "preset-5632.json"), "preset-5632"])
     with pytest.raises(SystemExit, match=r"name it <row>-5632\[-seed<N>\]"):
         main([*page, out, "--keep", source, "preset-2000-seed1"])
+    with pytest.raises(SystemExit, match="name it"):
+        main([*page, out, "--keep", source, "preset"])
 
 
 def test_a_row_of_the_page_without_its_record_is_refused_not_dropped(tmp_path):
