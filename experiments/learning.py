@@ -173,11 +173,11 @@ def train_stepper(config, model):
     batch = next(input_pipeline.make_train_iterator(config, epoch=0))
     batch = {k: batch[k] for k in input_pipeline.MODEL_INPUTS}
     stage = prepare_stage(model, config.train, config.train.stages[0], 1)
-    key = jax.random.PRNGKey(0)
-    state = [stage.state]
+    key, state = jax.random.PRNGKey(0), stage.state
 
     def one() -> float:
-        (state[0], _), seconds = harness.timed(stage.step, state[0], batch, key)
+        nonlocal state
+        (state, _), seconds = harness.timed(stage.step, state, batch, key)
         return seconds
 
     one()  # compile
