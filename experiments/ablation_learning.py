@@ -714,6 +714,11 @@ def main(argv=None) -> int:
 
 {harness.header(command)}
 
+That command is the page's latest run; every row trained for the page before it is kept, and each is made
+again with `python experiments/ablation_learning.py --data DIR --work W --rows ROW --seed SEED --images IMAGES
+--out {args.out}` in a work folder without that run (its record in `{kept}/` says when and on what commit it
+trained).
+
 Rows: `experiments/ablation_learning.py` (`ROWS`), each one run of `experiments/learning.py`: the `learning`
 config as shipped (`{REFERENCE}`) with one change, trained from scratch on CoNSeP folds 1 + 2 for the budget
 of images, the score threshold chosen on fold 2, fold 3 scored. Seed: `train.seed` (`--seed`: the initial

@@ -251,6 +251,8 @@ def test_page_rebuilds_the_page_from_the_records_and_trains_nothing(tmp_path):
     # The records are kept beside the page: without the work folder (a fresh clone), the same page.
     assert sorted(os.listdir(records_dir(str(out)))) == ["box128-5632.json", "preset-5632.json"]
     page = out.read_text()
+    # The header's command is the latest run's; the page says how each of its rows is made again.
+    assert "--rows ROW --seed SEED --images IMAGES --out " + str(out) in " ".join(page.split())
     shutil.rmtree(work)
     assert main(["--data", str(tmp_path / "none"), "--work", str(work), "--page", "--out", str(out)]) == 0
     assert out.read_text() == page
