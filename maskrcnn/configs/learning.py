@@ -40,7 +40,7 @@ def get_config():
             # identity (Matterport's TRAIN_BN=False suits fine-tuning from ImageNet, not this).
             train_bn=True,
             # 32 and 128 (v4 page, `wide2x`, seed 0): fold-2 bPQ +0.007, fold 3 +0.023, recall +0.032, at
-            # 1.64x base's step against 0.99x; at equal time (wide2x on 3,400 images) fold-2 -0.021: dropped.
+            # 1.64x base's step against 0.99x; at equal time (wide2x on 3,400 images) fold-2 -0.020: dropped.
             backbone_width=16,
             fpn_channels=64,
             # Matterport's and torchvision's width: against 128, fold-2 bPQ +0.009 and +0.004 with seeds 0
