@@ -123,6 +123,12 @@ ROWS = [
         "512 sampled anchors a tile for the RPN instead of 256 (up to 256 positives)",
         ["model.rpn_train_anchors_per_image=512"],
     ),
+    (
+        "focal",
+        "the RPN's objectness learned from every labelled anchor with RetinaNet's focal loss, its boxes "
+        "from every positive (256 anchors sampled a tile, cross-entropy)",
+        ["model.rpn_loss='focal'"],
+    ),
     ("mask128", "mask head 128 wide (64)", ["model.mask_head_width=128"]),
     (
         "wide2x",

@@ -125,6 +125,11 @@ class ModelConfig:
     atss_candidates: str = "anchors"
     rpn_nms_threshold: float = 0.7
     rpn_train_anchors_per_image: int = 256  # Matterport RPN_TRAIN_ANCHORS_PER_IMAGE
+    # The RPN's objectness loss. "sampled" (Faster R-CNN, Matterport): cross-entropy over
+    # rpn_train_anchors_per_image anchors an image drawn at random, at most half of them positive, and the box
+    # loss over those positives. "focal" (RetinaNet, Lin et al. 2017, alpha 0.25, gamma 2): every labelled
+    # anchor, summed over the batch and divided by its positives, and the box loss over every positive.
+    rpn_loss: str = "sampled"
     pre_nms_limit: int = 6000  # Matterport PRE_NMS_LIMIT
     # True: the pre_nms_limit best anchors of each FPN level, NMS within each level (torchvision,
     # detectron2); False: the pre_nms_limit best over all levels, one NMS (Matterport).
@@ -407,6 +412,12 @@ def validate(config: Config) -> list[str]:
         "model.atss_candidates",
         m.atss_candidates,
         "must be 'anchors' or 'locations'",
+    )
+    rule(
+        m.rpn_loss in ("sampled", "focal"),
+        "model.rpn_loss",
+        m.rpn_loss,
+        "must be 'sampled' or 'focal'",
     )
     rule(
         m.rpn_assignment in ("iou", "atss"),

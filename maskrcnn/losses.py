@@ -1,8 +1,10 @@
-"""The five Mask R-CNN losses (He et al. 2017), as pure functions of batched arrays.
+"""The five Mask R-CNN losses (He et al. 2017), and RetinaNet's focal loss as an RPN option, as pure
+functions of batched arrays.
 
-Each averages over the entries that take part in the whole batch (as Matterport flattens the batch)
-and returns a float32 scalar. When nothing takes part (an image without nuclei has no positive anchor
-or ROI) the loss is exactly 0, never NaN. Inputs may be bf16; the arithmetic is float32.
+Each averages over the entries that take part in the whole batch (as Matterport flattens the batch;
+the focal loss divides its sum by the batch's positives instead) and returns a float32 scalar. When
+nothing takes part (an image without nuclei has no positive anchor or ROI) the loss is exactly 0, never
+NaN. Inputs may be bf16; the arithmetic is float32.
 """
 
 from __future__ import annotations
@@ -42,6 +44,22 @@ def rpn_class_loss(logits, labels):
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     ce = -jnp.where(labels == 1, logp[..., 1], logp[..., 0])
     return _masked_mean(ce, labels != 0)
+
+
+def rpn_focal_loss(logits, labels, alpha: float = 0.25, gamma: float = 2.0):
+    """Objectness focal loss (Lin et al. 2017, Eq. 5) over every labelled anchor, summed over the batch
+    and divided by its positive anchors (RetinaNet's normalisation; by 1 when there is none).
+
+    Each anchor costs -alpha_t (1 - p_t)^gamma log p_t, with p_t the softmax probability of its label and
+    alpha_t = alpha for a positive, 1 - alpha for a negative. logits: (B, A, 2) (background, object);
+    labels: int32 (B, A), 1 positive, -1 negative, 0 ignored.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    positive = labels == 1
+    logp_t = jnp.where(positive, logp[..., 1], logp[..., 0])
+    alpha_t = jnp.where(positive, alpha, 1.0 - alpha)
+    focal = -alpha_t * (1.0 - jnp.exp(logp_t)) ** gamma * logp_t
+    return jnp.sum(jnp.where(labels != 0, focal, 0.0)) / jnp.maximum(jnp.sum(positive), 1.0)
 
 
 def rpn_box_loss(deltas, target_deltas, labels):

@@ -237,7 +237,7 @@ def rpn_targets(
     gt_valid,
     key,
     *,
-    num_samples: int = 256,
+    num_samples: int | None = 256,
     positive_fraction: float = 0.5,
     std=BOX_STD,
     ignore_boxes=None,
@@ -247,7 +247,8 @@ def rpn_targets(
     """Labels and box targets of one image's anchors: :func:`assign_anchors`, then sampling.
 
     At most ``num_samples * positive_fraction`` positives are kept at random, and negatives fill the
-    sample up to ``num_samples``; the rest are ignored.
+    sample up to ``num_samples``; the rest are ignored. ``num_samples`` None keeps every anchor the
+    assignment labels (a loss over all of them, such as :func:`maskrcnn.losses.rpn_focal_loss`).
 
     Args:
       anchors: float32 (A, 4) yxyx pixels.
@@ -262,10 +263,11 @@ def rpn_targets(
     positive, negative, matched = assign_anchors(
         anchors, gt_boxes, gt_valid, ignore_boxes=ignore_boxes, ignore_valid=ignore_valid, **assignment
     )
-    key_pos, key_neg = jax.random.split(key)
-    max_pos = int(num_samples * positive_fraction)
-    positive = random_subset(positive, max_pos, key_pos)
-    negative = random_subset(negative, num_samples, key_neg, limit=num_samples - positive.sum())
+    if num_samples is not None:
+        key_pos, key_neg = jax.random.split(key)
+        max_pos = int(num_samples * positive_fraction)
+        positive = random_subset(positive, max_pos, key_pos)
+        negative = random_subset(negative, num_samples, key_neg, limit=num_samples - positive.sum())
     labels = jnp.where(positive, 1, jnp.where(negative, -1, 0)).astype(jnp.int32)
     target = gt_boxes[matched] if gt_boxes.shape[0] else jnp.zeros_like(anchors)
     deltas = jnp.where(positive[:, None], encode_boxes(target, anchors, std=std), 0.0)

@@ -17,6 +17,26 @@ def test_rpn_class_loss_averages_over_sampled_anchors_only():
     assert float(losses.rpn_class_loss(logits, labels)) == pytest.approx(expected, rel=1e-6)
 
 
+def test_rpn_focal_loss_known_answer_and_cross_entropy_at_gamma_zero():
+    # Anchor 0 positive at p = 1/2: 0.25 * (1/2)^2 * ln 2. Anchor 1 negative at p(background) = e / (e + 1):
+    # 0.75 * (1 / (e + 1))^2 * ln(1 + 1/e). Anchor 2 ignored. Divided by the one positive, not by two anchors.
+    logits = np.array([[[0.0, 0.0], [1.0, 0.0], [0.0, 100.0]]], np.float32)
+    labels = np.array([[1, -1, 0]], np.int32)
+    by_hand = 0.25 * 0.25 * math.log(2) + 0.75 * (1 / (math.e + 1)) ** 2 * math.log1p(math.exp(-1))
+    assert float(losses.rpn_focal_loss(logits, labels)) == pytest.approx(by_hand, rel=1e-6)
+    # gamma 0 and alpha 1/2: half the cross-entropy, summed and divided by the positives.
+    two = np.array([[1, -1, -1]], np.int32)
+    summed = 3 * float(losses.rpn_class_loss(logits, two))  # its mean over the three labelled anchors
+    assert float(losses.rpn_focal_loss(logits, two, alpha=0.5, gamma=0.0)) == pytest.approx(
+        summed / 2, rel=1e-6
+    )
+    # Without a positive the sum is divided by 1; without a labelled anchor it is 0.
+    negatives = np.array([[0, -1, 0]], np.int32)
+    expected = 0.75 * (1 / (math.e + 1)) ** 2 * math.log1p(math.exp(-1))
+    assert float(losses.rpn_focal_loss(logits, negatives)) == pytest.approx(expected, rel=1e-6)
+    assert float(losses.rpn_focal_loss(logits, np.zeros((1, 3), np.int32))) == 0.0
+
+
 def test_perfect_deltas_give_zero_box_losses_and_smooth_l1_known_answers():
     target = np.array([[[0.1, -0.2, 0.3, 0.05], [2.0, 2.0, 2.0, 2.0]]], np.float32)
     labels = np.array([[1, -1]], np.int32)  # the second anchor is negative: its deltas do not count

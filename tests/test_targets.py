@@ -149,6 +149,24 @@ def test_rpn_targets_never_sample_an_ignored_nucleus_as_background():
     assert np.any(np.asarray(unaware)[overlap >= 0.7] == -1)  # what happened before: taught as background
 
 
+def test_rpn_targets_without_sampling_keep_every_labelled_anchor():
+    # Two nuclei on a 64 px grid of 12 px anchors: far more negatives than the 8 a sample would keep.
+    anchors = jnp.asarray(generate_anchors((64, 64), strides=(4,), scales=(12,), ratios=(1.0,)))
+    gt = jnp.array([[4.0, 4.0, 16.0, 16.0], [30.0, 28.0, 42.0, 40.0]])
+    valid = jnp.array([True, True])
+    positive, negative, matched = targets.assign_anchors(anchors, gt, valid)
+    labels, deltas = targets.rpn_targets(anchors, gt, valid, KEY, num_samples=None)
+    np.testing.assert_array_equal(np.asarray(labels), np.where(positive, 1, np.where(negative, -1, 0)))
+    assert np.asarray(negative).sum() > 8 and np.asarray(positive).sum() >= 2
+    np.testing.assert_allclose(
+        np.asarray(deltas)[np.asarray(positive)],
+        np.asarray(targets.encode_boxes(gt[matched], anchors))[np.asarray(positive)],
+        atol=1e-6,
+    )
+    sampled, _ = targets.rpn_targets(anchors, gt, valid, KEY, num_samples=8)
+    assert (np.asarray(sampled) != 0).sum() == 8
+
+
 def _roi_case(ignore_valid):
     gt = jnp.array([[0.0, 0.0, 10.0, 10.0]])
     proposals = jnp.array([[0.0, 0.0, 10.0, 10.0], [30.0, 30.0, 40.0, 40.0], [60.0, 60.0, 70.0, 70.0]])

@@ -327,7 +327,7 @@ class MaskRCNN(keras.Model):
             functools.partial(
                 targets.rpn_targets,
                 self.anchors(size),
-                num_samples=cfg.rpn_train_anchors_per_image,
+                num_samples=cfg.rpn_train_anchors_per_image if cfg.rpn_loss == "sampled" else None,
                 **self.anchor_assignment(size),
             )
         )(
@@ -400,7 +400,9 @@ class MaskRCNN(keras.Model):
         """
         rois, num_pos = out["rois"], out["num_pos"]
         return {
-            "rpn_class": losses.rpn_class_loss(out["rpn_logits"], out["rpn_labels"]),
+            "rpn_class": (
+                losses.rpn_focal_loss if self.config.rpn_loss == "focal" else losses.rpn_class_loss
+            )(out["rpn_logits"], out["rpn_labels"]),
             "rpn_box": losses.rpn_box_loss(out["rpn_deltas"], out["rpn_target_deltas"], out["rpn_labels"]),
             "class": losses.class_loss(out["class_logits"], rois["classes"], rois["valid"]),
             "box": losses.box_loss(out["box_deltas"], rois["deltas"], rois["classes"], rois["positive"]),

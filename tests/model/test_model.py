@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from maskrcnn import losses, targets
 from maskrcnn.config import StageConfig, load_config
 from maskrcnn.model import (
     LOSS_NAMES,
@@ -323,6 +324,48 @@ def test_roi_positive_iou_decides_which_sampled_rois_are_foreground(tiny, positi
     np.testing.assert_array_equal(np.asarray(rois["positive"]).sum(axis=1), expected)
     np.testing.assert_array_equal(np.asarray(rois["valid"]).sum(axis=1), 2 * nuclei)
     assert (np.asarray(rois["classes"]) > 0).sum() == expected.sum()
+
+
+def test_focal_rpn_loss_trains_every_labelled_anchor(tiny):
+    """``model.rpn_loss`` "focal": the RPN's labels are the assignment's own, every anchor it labels (the
+    sampled default keeps ``rpn_train_anchors_per_image`` of them a tile), and its class loss is the focal
+    loss of the RPN's logits over them."""
+    config, plain = tiny
+    model = build_model(
+        dataclasses.replace(config.model, rpn_loss="focal"), config.data.image_size, mini_masks=True
+    )
+    batch, _ = tiny_batch(config)
+    size = (config.data.image_size,) * 2
+    proposals = np.zeros((2, config.model.post_nms_rois_training, 4), np.float32)
+    proposal_valid = np.zeros(proposals.shape[:2], bool)
+    args = (jnp.asarray(proposals), jnp.asarray(proposal_valid), batch, jax.random.PRNGKey(0), size)
+    labels = np.asarray(model.training_targets(*args)[0])
+    for image in range(2):
+        positive, negative, _ = targets.assign_anchors(
+            model.anchors(size), batch["boxes"][image], batch["valid"][image], **model.anchor_assignment(size)
+        )
+        np.testing.assert_array_equal(labels[image], np.where(positive, 1, np.where(negative, -1, 0)))
+    assert (labels != 0).sum(axis=1).min() > config.model.rpn_train_anchors_per_image
+    sampled = np.asarray(plain.training_targets(*args)[0])
+    assert ((sampled != 0).sum(axis=1) == config.model.rpn_train_anchors_per_image).all()
+    logits = jnp.asarray(np.random.default_rng(1).normal(size=(*labels.shape, 2)), "float32")
+    no_rois = {"classes": jnp.zeros((2, 1), "int32"), "valid": jnp.zeros((2, 1), bool)}
+    no_rois |= {
+        "positive": jnp.zeros((2, 1), bool),
+        "deltas": jnp.zeros((2, 1, 4)),
+        "masks": jnp.zeros((2, 1, 2, 2)),
+    }
+    out = {
+        "rpn_logits": logits,
+        "rpn_labels": jnp.asarray(labels),
+        "rpn_deltas": jnp.zeros((*labels.shape, 4)),
+    }
+    out |= {"rpn_target_deltas": jnp.zeros((*labels.shape, 4)), "rois": no_rois, "num_pos": 1}
+    out |= {"class_logits": jnp.zeros((2, 1, 2)), "box_deltas": jnp.zeros((2, 1, 1, 4))}
+    out["mask_logits"] = jnp.zeros((2, 1, 2, 2, 1))
+    focal = float(losses.rpn_focal_loss(logits, out["rpn_labels"]))
+    assert float(model.loss_parts(out)["rpn_class"]) == pytest.approx(focal, rel=1e-6)
+    assert float(plain.loss_parts(out)["rpn_class"]) != pytest.approx(focal, rel=1e-3)
 
 
 def test_box_context_pools_each_roi_scaled_about_its_centre(tiny):
