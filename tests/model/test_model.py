@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -338,15 +339,21 @@ def test_focal_rpn_loss_trains_every_labelled_anchor(tiny):
     size = (config.data.image_size,) * 2
     proposals = np.zeros((2, config.model.post_nms_rois_training, 4), np.float32)
     proposal_valid = np.zeros(proposals.shape[:2], bool)
-    args = (jnp.asarray(proposals), jnp.asarray(proposal_valid), batch, jax.random.PRNGKey(0), size)
-    labels = np.asarray(model.training_targets(*args)[0])
-    for image in range(2):
-        positive, negative, _ = targets.assign_anchors(
-            model.anchors(size), batch["boxes"][image], batch["valid"][image], **model.anchor_assignment(size)
+    args = (jnp.asarray(proposals), jnp.asarray(proposal_valid), batch, jax.random.PRNGKey(0))
+
+    def rpn_labels(m):  # jitted: one compile instead of thousands of small eager ops
+        return np.asarray(jax.jit(lambda *a: m.training_targets(*a, size)[0])(*args))
+
+    labels = rpn_labels(model)
+    assign = jax.jit(
+        jax.vmap(
+            functools.partial(targets.assign_anchors, model.anchors(size), **model.anchor_assignment(size))
         )
-        np.testing.assert_array_equal(labels[image], np.where(positive, 1, np.where(negative, -1, 0)))
+    )
+    positive, negative, _ = assign(batch["boxes"], batch["valid"])
+    np.testing.assert_array_equal(labels, np.where(positive, 1, np.where(negative, -1, 0)))
     assert (labels != 0).sum(axis=1).min() > config.model.rpn_train_anchors_per_image
-    sampled = np.asarray(plain.training_targets(*args)[0])
+    sampled = rpn_labels(plain)
     assert ((sampled != 0).sum(axis=1) == config.model.rpn_train_anchors_per_image).all()
     logits = jnp.asarray(np.random.default_rng(1).normal(size=(*labels.shape, 2)), "float32")
     no_rois = {"classes": jnp.zeros((2, 1), "int32"), "valid": jnp.zeros((2, 1), bool)}
