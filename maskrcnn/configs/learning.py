@@ -40,7 +40,8 @@ def get_config():
             # identity (Matterport's TRAIN_BN=False suits fine-tuning from ImageNet, not this).
             train_bn=True,
             # 32 and 128 (v4 page, `wide2x`, seed 0): fold-2 bPQ +0.007, fold 3 +0.023, recall +0.032, at
-            # 1.64x base's step against 0.99x; at equal time (wide2x on 3,400 images) fold-2 -0.020: dropped.
+            # 1.84x base's step against 1.05x (1.64x against 0.99x in the run at commit 2bffdef); at equal
+            # time (wide2x on 3,400 images) fold-2 -0.020: dropped.
             backbone_width=16,
             fpn_channels=64,
             # "focal" (v4 page, `focal`, seed 0): fold-2 bPQ -0.002, fold 3 +0.010, recall +0.018, at the
