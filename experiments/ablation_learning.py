@@ -54,12 +54,16 @@ import numpy as np  # noqa: E402
 # preset with SGD from 2e-2 (adam, which made it Adam from 1e-3, among them) are in
 # learning_ablation_fold2_v2.md, whose records check_record now refuses; the rows against the preset with
 # Adam from 1e-3 (lr2x, which made it 2e-3, among them) are in learning_ablation_fold2_v3.md, frozen the same
-# way. The v4 page's preset and lrhalf rows are v3's lr2x and preset runs (--keep).
+# way. The v4 page's preset and lrhalf rows are v3's lr2x and preset runs (--keep). The rows against the
+# preset with the RPN's sampled cross-entropy (focal, which made it the focal loss, among them) are in
+# learning_ablation_fold2_v4.md, frozen the same way; the v5 page's sampled rows are v4's preset runs, and its
+# preset of seed 1 is v4's focal run (--keep).
 REFERENCE = "preset"
 ROWS = [
     (
         "preset",
-        "the `learning` config as shipped (ROIs pooled from P2, box head 1024 wide, Adam from 2e-3)",
+        "the `learning` config as shipped (ROIs pooled from P2, box head 1024 wide, the RPN's focal loss, "
+        "Adam from 2e-3)",
         [],
     ),
     # The rows of learning_ablation.md (commit 5a620ee) changed the `learning` config of then, which levelled
@@ -124,10 +128,10 @@ ROWS = [
         ["model.rpn_train_anchors_per_image=512"],
     ),
     (
-        "focal",
-        "the RPN's objectness learned from every labelled anchor with RetinaNet's focal loss, its boxes "
-        "from every positive (256 anchors sampled a tile, cross-entropy)",
-        ["model.rpn_loss='focal'"],
+        "sampled",
+        "the RPN's objectness learned from 256 anchors sampled a tile with cross-entropy, its boxes from "
+        "their positives (every labelled anchor, focal loss): the preset before 2026-12-08",
+        ["model.rpn_loss='sampled'"],
     ),
     ("mask128", "mask head 128 wide (64)", ["model.mask_head_width=128"]),
     (
