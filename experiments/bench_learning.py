@@ -200,7 +200,7 @@ own {u["threshold"]:g}, fold 3 gives bPQ {u["bpq"]:.4f}, recall {u["recall"]:.3f
 
 {limits(record)} Each bucket is the first stage that loses the nucleus (`maskrcnn diagnose --help`;
 `maskrcnn/diagnostics.py`); each recipe choice measured against these buckets, the rows against this
-preset: [learning_ablation_fold2_v4.md](learning_ablation_fold2_v4.md) (the earlier presets' rows: the
+preset: [learning_ablation_fold2_v5.md](learning_ablation_fold2_v5.md) (the earlier presets' rows: the
 pages named in the README's "Does it learn real nuclei?").
 
 Anchor coverage of the {coverage["nuclei"]} training nuclei (anchors {coverage["anchors"]};

@@ -100,10 +100,23 @@ def test_an_added_loss_term_is_logged_and_validated(tmp_path):
         assert float(row["loss"]) == pytest.approx(sum(float(row[k]) for k in parts), rel=1e-4)
 
 
+def _rebuilt_from_the_run(config, model, workdir):
+    """``model`` saved as a run of ``config`` in ``workdir`` and loaded back as `maskrcnn evaluate` and
+    `predict` do: the config and the model they rebuild, its weights checked equal to ``model``'s."""
+    from maskrcnn.train.workdir import load_trained
+
+    workdir.mkdir()
+    (workdir / "config.json").write_text(config.to_json())
+    model.save_weights(str(workdir / "model.weights.h5"))
+    loaded_config, loaded = load_trained(str(workdir))
+    for a, b in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+    return loaded_config, loaded
+
+
 def test_a_deeper_resnet_in_a_config_file_is_rebuilt_from_the_run_alone(tmp_path):
     # The README's ResNet152 recipe at test size: blocks per stage in the config, no global table edit.
     from maskrcnn.model import build_model
-    from maskrcnn.train.workdir import load_trained
 
     path = tmp_path / "deeper.py"
     path.write_text(
@@ -117,14 +130,18 @@ def test_a_deeper_resnet_in_a_config_file_is_rebuilt_from_the_run_alone(tmp_path
     model = build_model(config.model, config.data.image_size)
     names = {layer.name for layer in model.backbone.layers}
     assert "conv4_block3_out" in names and "conv4_block4_out" not in names and "conv3_block2_out" in names
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    (workdir / "config.json").write_text(config.to_json())
-    model.save_weights(str(workdir / "model.weights.h5"))
-    loaded_config, loaded = load_trained(str(workdir))  # as `maskrcnn evaluate` / `predict` do
+    loaded_config, _ = _rebuilt_from_the_run(config, model, tmp_path / "run")
     assert loaded_config.model.backbone_blocks == (1, 2, 3, 1)
-    for a, b in zip(model.weights, loaded.weights, strict=True):
-        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+
+
+def test_a_backbone_named_by_import_path_is_rebuilt_from_the_run_alone(tmp_path):
+    # The fast half of the slow test below: no training, the same rebuild from the run's config.json.
+    from maskrcnn.model import build_model
+
+    config = apply_overrides(load_config("tiny"), ["model.backbone=tests.model.plain_backbone:build"])
+    model = build_model(config.model, config.data.image_size)
+    _, loaded = _rebuilt_from_the_run(config, model, tmp_path / "run")
+    assert model.backbone.name == loaded.backbone.name == "plain"
 
 
 # ------------------------------------------------------------------------------------ the backbone contract
@@ -175,6 +192,7 @@ def test_the_feature_strides_come_from_the_backbone():
         build_model(config.model, 64, backbone=keras.Model(coarse.inputs, coarse.outputs, name="bare"))
 
 
+@pytest.mark.slow  # two train-step compiles (40 s on 2 cores); its rebuild half is the fast test above
 def test_a_backbone_named_in_a_config_file_trains_heads_then_all_and_is_rebuilt(tmp_path):
     # The contract end to end: a non-ResNet backbone named by import path in a config file trains in the
     # heads and the all stage, and `maskrcnn evaluate` / `predict` rebuild it from the run's config.json.

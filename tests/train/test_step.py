@@ -13,6 +13,7 @@ import pytest
 from maskrcnn.config import StageConfig, load_config
 from maskrcnn.model import LOSS_NAMES, build_model
 from maskrcnn.train.step import (
+    REGULARIZATION,
     decay_mask,
     learning_rate_schedule,
     make_optimizer,
@@ -149,6 +150,7 @@ def test_step_updates_only_the_trained_variables_and_guards_nan(heads_run):
     before = jax.tree.map(np.asarray, state)
     new, metrics = step(jax.tree.map(jnp.asarray, before), batch, jax.random.PRNGKey(0))
     assert bool(metrics["finite"]) and set(LOSS_NAMES) <= set(metrics)
+    assert REGULARIZATION not in metrics  # no Keras regulariser in this model (test_named_parts.py has one)
     np.testing.assert_allclose(metrics["loss"], sum(metrics[k] for k in LOSS_NAMES), rtol=1e-5)
     assert float(metrics["lr"]) == pytest.approx(0.01)
     assert int(new.step) == 1
