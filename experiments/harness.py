@@ -38,14 +38,31 @@ def on_gpu() -> bool:
     return jax.devices()[0].platform == "gpu"
 
 
+def cpu_name(cpuinfo: str) -> str | None:
+    """The first CPU of a ``/proc/cpuinfo`` text: its model name, and its family and model numbers where
+    given (a virtual machine may name every generation of a vendor's CPUs alike, "AMD EPYC", while XLA's
+    CPU code, and so a seeded run's last digits, differ between generations)."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if not line.strip():
+            break  # the first processor's block ends
+        fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return None
+    numbers = [f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+    return fields["model name"] + (f" ({', '.join(numbers)})" if numbers else "")
+
+
 def host() -> str:
     """The machine around the device: the CPU, the cores this process may use, Python."""
-    cpu = platform.processor() or platform.machine()
+    cpu = None
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            cpu = cpu_name(f.read())
+    except OSError:
         pass
+    cpu = cpu or platform.processor() or platform.machine()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cores} cores of {cpu}, Python {platform.python_version()}"
 
