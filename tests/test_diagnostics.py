@@ -294,7 +294,8 @@ def test_diagnose_command_writes_buckets_that_sum_up(tmp_path, capsys):
     from maskrcnn.train.workdir import CONFIG_FILE, save_weights
 
     config = apply_overrides(
-        load_config("tiny"), ["data.builder='synthetic'", "data.synthetic_images_per_fold=4"]
+        load_config("tiny"),
+        ["data.builder='synthetic'", "data.synthetic_images_per_fold=4", "data.scale=0.25"],  # 64 px
     )
     workdir = tmp_path / "run"
     workdir.mkdir()
