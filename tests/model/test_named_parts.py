@@ -37,7 +37,8 @@ def test_a_kernel_regulariser_on_a_head_is_trained_and_reported():
     assert float(metrics["loss"]) == pytest.approx(total, rel=1e-5)
     # Trained: the first update (momentum starts at zero) is -lr times the clipped gradient, whose kernel part
     # the regulariser's 2 * 100 * w dominates, so it points from each kernel towards zero. The data's gradient
-    # alone points nowhere in particular (the cosine of a random kernel with it is near 0).
+    # alone points nowhere in particular: at this seed the cosines are 0.93 and 1.00 with the regulariser,
+    # 0.01 and 0.03 with the plain box head.
     trained = [v for v, m in zip(model.trainable_variables, stage.mask, strict=True) if m]
     by_path = {v.path: np.asarray(value, np.float64) for v, value in zip(trained, state.trained, strict=True)}
     for k, w in zip(kernels, initial, strict=True):
