@@ -44,9 +44,9 @@ def cpu_name(cpuinfo: str) -> str | None:
     CPU code, and so a seeded run's last digits, differ between generations)."""
     fields = {}
     for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
         if not line.strip():
             break  # the first processor's block ends
+        key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
     if "model name" not in fields:
         return None

@@ -103,11 +103,11 @@ def test_an_added_loss_term_is_logged_and_validated(tmp_path):
 def _rebuilt_from_the_run(config, model, workdir):
     """``model`` saved as a run of ``config`` in ``workdir`` and loaded back as `maskrcnn evaluate` and
     `predict` do: the config and the model they rebuild, its weights checked equal to ``model``'s."""
-    from maskrcnn.train.workdir import load_trained
+    from maskrcnn.train.workdir import CONFIG_FILE, load_trained, save_weights
 
     workdir.mkdir()
-    (workdir / "config.json").write_text(config.to_json())
-    model.save_weights(str(workdir / "model.weights.h5"))
+    (workdir / CONFIG_FILE).write_text(config.to_json())
+    save_weights(model, str(workdir))
     loaded_config, loaded = load_trained(str(workdir))
     for a, b in zip(model.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
