@@ -133,6 +133,12 @@ ROWS = [
         "their positives (every labelled anchor, focal loss): the preset before 2026-12-08",
         ["model.rpn_loss='sampled'"],
     ),
+    (
+        "prior01",
+        "the RPN's objectness starts at 0.01 for every anchor, RetinaNet's prior for its focal loss (0.5: "
+        "zero biases)",
+        ["model.rpn_object_prior=0.01"],
+    ),
     ("mask128", "mask head 128 wide (64)", ["model.mask_head_width=128"]),
     (
         "wide2x",

@@ -130,6 +130,10 @@ class ModelConfig:
     # loss over those positives. "focal" (RetinaNet, Lin et al. 2017, alpha 0.25, gamma 2): every labelled
     # anchor, summed over the batch and divided by its positives, and the box loss over every positive.
     rpn_loss: str = "sampled"
+    # The objectness every anchor starts training at: the RPN's object logits start with bias
+    # log(p / (1 - p)), the background's with 0. RetinaNet's prior (Lin et al. 2017, section 4.1: 0.01)
+    # keeps the focal loss's many background anchors from a large first loss; 0.5: both biases 0.
+    rpn_object_prior: float = 0.5
     pre_nms_limit: int = 6000  # Matterport PRE_NMS_LIMIT
     # True: the pre_nms_limit best anchors of each FPN level, NMS within each level (torchvision,
     # detectron2); False: the pre_nms_limit best over all levels, one NMS (Matterport).
@@ -418,6 +422,12 @@ def validate(config: Config) -> list[str]:
         "model.rpn_loss",
         m.rpn_loss,
         "must be 'sampled' or 'focal'",
+    )
+    rule(
+        0.0 < m.rpn_object_prior < 1.0,
+        "model.rpn_object_prior",
+        m.rpn_object_prior,
+        "must be in (0, 1)",
     )
     rule(
         m.rpn_assignment in ("iou", "atss"),

@@ -26,6 +26,7 @@ BAD_VALUES = [
     ("model.roi_positive_iou=0.0", "model.roi_positive_iou=0.0 must be in (0, 1]"),
     ("model.rpn_assignment=atts", "model.rpn_assignment='atts' must be 'iou' or 'atss'"),
     ("model.rpn_loss=ohem", "model.rpn_loss='ohem' must be 'sampled' or 'focal'"),
+    ("model.rpn_object_prior=1.0", "model.rpn_object_prior=1.0 must be in (0, 1)"),
     ("model.roi_positive_sampling=size", "model.roi_positive_sampling='size' must be 'uniform' or"),
     ("model.atss_candidates=cells", "model.atss_candidates='cells' must be 'anchors' or 'locations'"),
     ("data.hed_jitter=2.0", "data.hed_jitter=2.0 must be in [0, 1)"),

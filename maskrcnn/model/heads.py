@@ -7,6 +7,8 @@ Structure and layer names follow Matterport's ``rpn_graph``, ``fpn_classifier_gr
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers, ops
 
@@ -51,21 +53,44 @@ def upsample_2x(deconv: layers.Conv2DTranspose, x):
     return deconv.activation(y)
 
 
+@keras.saving.register_keras_serializable(package="maskrcnn")
+class ObjectPrior(keras.initializers.Initializer):
+    """Bias of interleaved (background, object) logit pairs: 0 and log(p / (1 - p)), so that a softmax
+    over each pair starts near objectness ``probability`` (RetinaNet's prior, Lin et al. 2017, section
+    4.1). At 0.5 every bias is 0, Keras's default."""
+
+    def __init__(self, probability: float = 0.5):
+        self.probability = probability
+
+    def __call__(self, shape, dtype=None):
+        if len(shape) != 1 or shape[0] % 2:
+            raise ValueError(f"ObjectPrior initialises (background, object) pairs, not shape {shape}")
+        pair = [0.0, math.log(self.probability / (1.0 - self.probability))]
+        return ops.cast(ops.tile(ops.convert_to_tensor(pair), (shape[0] // 2,)), dtype)
+
+    def get_config(self):
+        return {"probability": self.probability}
+
+
 class RPNHead(keras.layers.Layer):
     """Region proposal head shared across pyramid levels.
 
     Call with a list of maps (B, H_l, W_l, C). Returns ``(logits, deltas)``: logits (B, A, 2) float
     (background, object) and deltas (B, A, 4) float (dy, dx, log dh, log dw, divided by the RPN box std
     devs), A = sum_l H_l * W_l * anchors_per_location, ordered level, row, column, anchor: the order of
-    :func:`maskrcnn.ops.generate_anchors`.
+    :func:`maskrcnn.ops.generate_anchors`. ``object_prior``: the objectness its logits' biases start at
+    (:class:`ObjectPrior`).
     """
 
-    def __init__(self, anchors_per_location: int = 3, width: int = 512, **kwargs):
+    def __init__(self, anchors_per_location: int = 3, width: int = 512, object_prior: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         self.anchors_per_location = anchors_per_location
         self.width = width
+        self.object_prior = object_prior
         self.shared = layers.Conv2D(width, 3, padding="same", activation="relu", name="rpn_conv_shared")
-        self.class_raw = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")
+        self.class_raw = layers.Conv2D(
+            2 * anchors_per_location, 1, bias_initializer=ObjectPrior(object_prior), name="rpn_class_raw"
+        )
         self.bbox_pred = layers.Conv2D(4 * anchors_per_location, 1, name="rpn_bbox_pred")
 
     def call(self, pyramid):
@@ -82,6 +107,7 @@ class RPNHead(keras.layers.Layer):
             **super().get_config(),
             "anchors_per_location": self.anchors_per_location,
             "width": self.width,
+            "object_prior": self.object_prior,
         }
 
 

@@ -95,7 +95,11 @@ class MaskRCNN(keras.Model):
         self.rpn_head = (
             rpn_head
             or _named_part(config, "rpn_head")
-            or RPNHead(len(config.anchor_ratios) * len(config.anchor_octaves), name="rpn")
+            or RPNHead(
+                len(config.anchor_ratios) * len(config.anchor_octaves),
+                object_prior=config.rpn_object_prior,
+                name="rpn",
+            )
         )
         self.box_head = (
             box_head

@@ -1,10 +1,16 @@
-"""The heads' matrix-product forms give the numbers of the Keras layers whose weights they use."""
+"""The heads' matrix-product forms give the numbers of the Keras layers whose weights they use; the RPN's
+objectness starts at its prior."""
 
+import dataclasses
+
+import keras
 import numpy as np
 import pytest
 from keras import layers
 
-from maskrcnn.model.heads import BoxHead, MaskHead, upsample_2x, window_dense
+from maskrcnn.config import load_config
+from maskrcnn.model import MaskRCNN
+from maskrcnn.model.heads import BoxHead, MaskHead, ObjectPrior, RPNHead, upsample_2x, window_dense
 
 
 def test_window_dense_is_the_valid_convolution():
@@ -74,3 +80,24 @@ def test_heads_match_their_layers_called_one_by_one():
         "box_head/mrcnn_class_conv1/bias",
     ]
     assert mask.deconv.kernel.path == "mask_head/mrcnn_mask_deconv/kernel"
+
+
+@pytest.mark.parametrize("prior", [0.01, 0.5])
+def test_rpn_head_starts_every_anchor_at_its_object_prior(prior):
+    # On all-zero features the ReLU'd shared map is 0, so each logit pair is its bias alone: (0, log(p / (1
+    # - p))), whose softmax gives objectness p exactly (RetinaNet's initialisation; 0.5: Keras's zero bias).
+    head = RPNHead(anchors_per_location=3, width=8, object_prior=prior)
+    pyramid = [np.zeros((2, 4, 4, 5), "float32"), np.zeros((2, 2, 2, 5), "float32")]
+    logits, _ = head(pyramid)
+    assert logits.shape == (2, (16 + 4) * 3, 2)
+    np.testing.assert_allclose(np.asarray(logits)[..., 0], 0.0)
+    np.testing.assert_allclose(np.asarray(keras.ops.softmax(logits))[..., 1], prior, rtol=1e-5)
+    assert RPNHead.from_config(head.get_config()).object_prior == prior
+
+
+def test_the_config_sets_the_rpn_object_prior():
+    config = load_config("tiny")
+    model = MaskRCNN(dataclasses.replace(config.model, rpn_object_prior=0.01))
+    assert model.rpn_head.object_prior == 0.01
+    with pytest.raises(ValueError, match="not shape"):
+        ObjectPrior(0.01)((3,))
