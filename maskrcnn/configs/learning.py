@@ -51,6 +51,8 @@ def get_config():
             # and +0.017, recall +0.018 and +0.021, at the same step (v4 page, `focal`; the v5 page's
             # `sampled` row is the cross-entropy).
             rpn_loss="focal",
+            # Its objectness from RetinaNet's prior 0.01 (rpn_object_prior) instead of 0.5: fold-2 bPQ
+            # -0.015, fold 3 -0.018 (v5 page, `prior01`, seed 0): not used.
             # Matterport's and torchvision's width: against 128, fold-2 bPQ +0.009 and +0.004 with seeds 0
             # and 1, fold 3 +0.016 and +0.006, at 1.04x a CPU step (learning_ablation_box128.md, `box1024`).
             box_head_width=1024,

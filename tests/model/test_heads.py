@@ -84,8 +84,8 @@ def test_heads_match_their_layers_called_one_by_one():
 
 @pytest.mark.parametrize("prior", [0.01, 0.5])
 def test_rpn_head_starts_every_anchor_at_its_object_prior(prior):
-    # On all-zero features the ReLU'd shared map is 0, so each logit pair is its bias alone: (0, log(p / (1
-    # - p))), whose softmax gives objectness p exactly (RetinaNet's initialisation; 0.5: Keras's zero bias).
+    # On all-zero features the ReLU'd shared map is 0, so each logit pair is its bias alone,
+    # (0, log(p / (1 - p))), whose softmax is objectness p (RetinaNet's initialisation; 0.5: zero biases).
     head = RPNHead(anchors_per_location=3, width=8, object_prior=prior)
     pyramid = [np.zeros((2, 4, 4, 5), "float32"), np.zeros((2, 2, 2, 5), "float32")]
     logits, _ = head(pyramid)
@@ -99,5 +99,6 @@ def test_the_config_sets_the_rpn_object_prior():
     config = load_config("tiny")
     model = MaskRCNN(dataclasses.replace(config.model, rpn_object_prior=0.01))
     assert model.rpn_head.object_prior == 0.01
+    # An odd number of biases is not (background, object) pairs.
     with pytest.raises(ValueError, match="not shape"):
         ObjectPrior(0.01)((3,))
